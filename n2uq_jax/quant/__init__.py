@@ -1,0 +1,31 @@
+"""Pure-JAX quantizers: the N2UQ activation and weight quantizers (SPEC 2, 3) and
+the baselines the paper compares against. No Flax, no state: every parameter is
+an explicit argument, so they compose with jit, grad, vmap, remat, scan and
+shard_map."""
+
+from n2uq_jax.quant.activation import (
+    INTERVAL_FLOOR,
+    ActivationParams,
+    breakpoints,
+    clamp_intervals,
+    init_n2uq_activation,
+    level_spacing,
+    n2uq_activation,
+    n2uq_activation_codes,
+    num_thresholds,
+    thresholds,
+)
+from n2uq_jax.quant.baselines import (
+    dorefa_activation,
+    dorefa_weight,
+    lsq_levels,
+    lsq_quantize,
+    pact_activation,
+    pact_activation_n2uq_mbv2,
+    uniform_quantize,
+)
+from n2uq_jax.quant.weight import (
+    entropy_preserving_gamma,
+    n2uq_weight,
+    n2uq_weight_codes,
+)
