@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from n2uq_jax.quant import _validation
 
@@ -73,7 +74,9 @@ def n2uq_weight_codes(w, *, bits, channel_axis=-1):
     ``0..2**bits - 1``; ``scale`` (float32, or float64 for float64 ``w``) with
     the shape of ``w`` reduced to size 1 on every axis but ``channel_axis``,
     so that ``scale * (2 * codes / (2**bits - 1) - 1) == n2uq_weight(w)``
-    (compute ``2 * codes`` in a wider type than uint8 for 8 bits).
+    bit for bit in IEEE arithmetic (NumPy; compute ``2 * codes`` in a wider
+    type than uint8 for 8 bits). XLA may round that expression differently in
+    the last bit, since it divides by a constant through its reciprocal.
   """
   w, bits, reduce_axes = _prepare(w, bits, channel_axis)
   scale, _, codes = _scale_and_codes(w, bits, reduce_axes)
@@ -97,7 +100,17 @@ def n2uq_weight(w, *, bits, channel_axis=-1) -> jax.Array:
 
 
 def _dequantize(scale, codes, bits):
-  return scale * (2 * codes / (2 ** bits - 1) - 1)
+  """``scale * (2 q / K - 1)`` with the level ``2 q / K - 1`` correctly rounded.
+
+  XLA evaluates a division by a constant as a multiplication by its
+  reciprocal, which can differ from IEEE division in the last bit; the levels
+  are therefore tabulated with NumPy, so that the result equals the formula
+  evaluated with exact IEEE arithmetic bit for bit.
+  """
+  dtype = np.dtype(scale.dtype)
+  levels = 2 ** bits - 1
+  table = 2 * np.arange(levels + 1, dtype=dtype) / dtype.type(levels) - 1
+  return scale * jnp.asarray(table)[codes.astype(jnp.int32)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
