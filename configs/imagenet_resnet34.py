@@ -1,0 +1,13 @@
+"""ImageNet ResNet-34 with the official N2UQ recipe (SPEC 5).
+
+Argument: variants and method, e.g. ``:w2a2`` (default), ``:w3a3``, ``:fp``,
+``:w2a2,dorefa``, ``:fp,w2a2``, ``:w2a2,fp_downsample`` (N2UQ*).
+Set ``--config.init_checkpoint`` (an FP run of resnet34_fp) and
+``--config.teacher_checkpoint`` (a resnet101_fp checkpoint); prepare imagenet2012 for tfds.
+"""
+
+from n2uq_jax.train import config_lib
+
+
+def get_config(arg: str = 'w2a2'):
+  return config_lib.imagenet_config('resnet34', 'resnet34_fp', arg)

@@ -1,0 +1,13 @@
+"""Training: configs, optimizer groups and schedules, losses, sharded train step,
+checkpoints, metrics and the loop behind ``train.py``.
+
+    from n2uq_jax.train import config_lib, loop
+    config = config_lib.default_config('fp,w2a2')
+    summaries = loop.run(config, './workdir/default')
+"""
+
+from n2uq_jax.train import checkpoint, config_lib, losses, metrics, optimizer, sharding, step
+from n2uq_jax.train.loop import run, train_and_evaluate
+
+__all__ = ['checkpoint', 'config_lib', 'losses', 'metrics', 'optimizer', 'sharding', 'step',
+           'run', 'train_and_evaluate']

@@ -1,0 +1,197 @@
+"""The training state and the jitted train, eval and quantizer-statistics steps.
+
+The model lives as pure pytrees: ``params`` (every ``nnx.Param``, quantizer
+parameters included) and ``model_state`` (everything else, i.e. BatchNorm running
+statistics), nested dicts from ``nnx.to_pure_dict``. Inside a step they are merged
+back into the NNX module with a static graph definition (one for training mode, one
+for evaluation mode), so the step is a pure function that ``jax.jit`` shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from n2uq_jax import nn, quant
+from n2uq_jax.train import losses
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training.
+
+  Attributes:
+    step: int32 scalar, optimizer steps taken.
+    params: pure dict of every ``nnx.Param`` (float32 master weights).
+    model_state: pure dict of the other variables (BatchNorm statistics).
+    opt_state: the optax state.
+  """
+  step: jax.Array
+  params: Any
+  model_state: Any
+  opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+  """Static graph definitions of one model in training and evaluation mode."""
+  train: Any
+  eval: Any
+
+  def merge(self, params, model_state, *, train: bool) -> nnx.Module:
+    return nnx.merge(self.train if train else self.eval, params, model_state)
+
+
+def split_model(model: nnx.Module) -> tuple[ModelDef, dict, dict]:
+  """``(ModelDef, params, model_state)`` of an NNX model; the model is left in
+  training mode."""
+  model.eval()
+  eval_def, _, _ = nnx.split(model, nnx.Param, ...)
+  model.train()
+  train_def, params, rest = nnx.split(model, nnx.Param, ...)
+  return ModelDef(train_def, eval_def), nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def init_state(params, model_state, tx: optax.GradientTransformation) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                    opt_state=tx.init(params))
+
+
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, loss: str = 'ce', label_smoothing: float = 0.0,
+                    kd_temperature: float = 1.0,
+                    teacher_def: ModelDef | None = None) -> Callable:
+  """The (unjitted) train step ``(state, batch, teacher) -> (state, metrics)``.
+
+  Args:
+    model_def: graph definitions of the student.
+    tx: the optimizer.
+    schedule: base LR by step, only for the logged ``learning_rate``.
+    loss: ``'kd'`` (soft targets from the teacher, SPEC 5) or ``'ce'``.
+    label_smoothing, kd_temperature: loss options.
+    teacher_def: graph definitions of the teacher (``loss='kd'``).
+
+  The step's ``batch`` is ``{"image": (B, H, W, C) float32, "label": (B,) int32}``,
+  ``teacher`` is ``{"params", "model_state"}`` of the frozen teacher or ``None``.
+  Metrics: ``loss``, ``accuracy`` (training batch, before the update) and
+  ``learning_rate`` (the base LR of this update).
+  """
+  if loss == 'kd' and teacher_def is None:
+    raise ValueError("loss='kd' needs a teacher")
+
+  def train_step(state: TrainState, batch, teacher):
+    images, labels = batch['image'], batch['label']
+    if loss == 'kd':
+      teacher_model = teacher_def.merge(teacher['params'], teacher['model_state'], train=False)
+      teacher_logits = jax.lax.stop_gradient(teacher_model(images))
+
+    def loss_fn(params):
+      model = model_def.merge(params, state.model_state, train=True)
+      logits = model(images)
+      _, _, new_model_state = nnx.split(model, nnx.Param, ...)
+      if loss == 'kd':
+        value = losses.distillation(logits, teacher_logits, temperature=kd_temperature)
+      else:
+        value = losses.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+      return value, (logits, nnx.to_pure_dict(new_model_state))
+
+    (value, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        'loss': value,
+        'accuracy': jnp.mean(losses.correct(logits, labels)),
+        'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(model_def: ModelDef) -> Callable:
+  """``(params, model_state, batch) -> sums``: ``correct``, ``loss`` (cross-entropy)
+  and ``count`` summed over the rows whose ``mask`` is true."""
+
+  def eval_step(params, model_state, batch):
+    model = model_def.merge(params, model_state, train=False)
+    logits = model(batch['image'])
+    mask = batch['mask'].astype(jnp.float32)
+    targets = jax.nn.one_hot(batch['label'], logits.shape[-1], dtype=jnp.float32)
+    per_example = optax.softmax_cross_entropy(logits, targets)
+    return {
+        'correct': jnp.sum(losses.correct(logits, batch['label']) * mask),
+        'loss': jnp.sum(per_example * mask),
+        'count': jnp.sum(mask),
+    }
+
+  return eval_step
+
+
+def _layer_name(path) -> str:
+  parts = [str(p) for p in path]
+  if parts and parts[-1] == 'input_quantizer':
+    parts = parts[:-1]
+  return '.'.join(parts)
+
+
+def make_quantizer_stats_fn(model_def: ModelDef) -> Callable:
+  """``(params, model_state, images, mask) -> {layer: {"counts", "thresholds"}}`` for
+  every N2UQ activation quantizer, on one batch in evaluation mode.
+
+  ``counts`` (``2**bits``,) is the occupancy of each output level ``k`` over the
+  quantizer's input tensor (rows with ``mask`` false excluded), from
+  :func:`n2uq_jax.quant.n2uq_activation_codes`; ``thresholds`` (``2**bits - 1``,) are
+  the learned thresholds in input units, ``T_i / input_scale`` (SPEC 2.2). Layers are
+  named by the dotted path of the quantized conv (``"layer1.0.conv1"``).
+  """
+
+  def stats(params, model_state, images, mask):
+    model = model_def.merge(params, model_state, train=False)
+    found = {}
+    for path, node in nnx.iter_graph(model):
+      if isinstance(node, nn.N2UQActivation):
+        found[_layer_name(path)] = node
+    records = {}
+
+    class _Recording(nn.N2UQActivation):
+      # Replaces the class of the (fresh, traced) quantizer instances only.
+      def __call__(self, x):
+        codes = self.codes(x)
+        weights = jnp.broadcast_to(
+            mask.reshape((-1,) + (1,) * (codes.ndim - 1)), codes.shape).astype(jnp.float32)
+        counts = jnp.zeros((2 ** self.bits,), jnp.float32).at[codes.reshape(-1)].add(
+            weights.reshape(-1))
+        p = self.params()
+        records[names[id(self)]] = {
+            'counts': counts,
+            'thresholds': quant.thresholds(p.offset, p.intervals) / p.input_scale,
+        }
+        return super().__call__(x)
+
+    names = {}
+    for name, node in found.items():
+      if type(node) is nn.N2UQActivation:
+        node.__class__ = _Recording
+        names[id(node)] = name
+    model(images)
+    return records
+
+  return stats
+
+
+def compute_dtype(name: str):
+  """``'float32'`` -> ``None`` (the models' float32 default), ``'bfloat16'`` -> bf16."""
+  return {'float32': None, 'bfloat16': jnp.bfloat16}[name]
+
+
+jit_donating_state = functools.partial(jax.jit, donate_argnums=(0,))
