@@ -1,0 +1,88 @@
+"""Image folders in the ImageNet layout: root/<split>/<class>/<file>, JPEG or PNG.
+
+Classes are the sub-directories of the training split in sorted (code point) order, so
+the label of a class never depends on the file system's listing order; files within a
+class are sorted the same way. Records hold the file's encoded bytes, decoded later by the
+transform (which lets JPEG decoding skip what the crop does not need).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def class_names(root: str, split: str) -> list[str]:
+  """The sorted class sub-directory names of root/split.
+
+  Raises:
+    ValueError: if root/split is not a directory or has no class sub-directories.
+  """
+  split_dir = os.path.join(root, split)
+  if not os.path.isdir(split_dir):
+    available = sorted(
+        entry.name for entry in os.scandir(root) if entry.is_dir()
+    ) if os.path.isdir(root) else []
+    raise ValueError(
+        f"image folder split {split!r} not found: {split_dir} is not a directory "
+        f"(splits under {root}: {available})"
+    )
+  names = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+  if not names:
+    raise ValueError(f"{split_dir} has no class sub-directories (expected <class>/<file>)")
+  return names
+
+
+class ImageFolderSource:
+  """Records {"image": file bytes, "label": class index} of root/split.
+
+  Args:
+    root: the folder holding one directory per split.
+    split: the split directory's name, e.g. "train" or "val".
+    classes: class names in label order; defaults to this split's own sorted class
+      directories. Pass the training split's classes when opening an evaluation split,
+      so that labels agree even when the evaluation split lacks a class.
+  """
+
+  channels = 3
+
+  def __init__(self, root: str, split: str, classes: Sequence[str] | None = None):
+    own_classes = class_names(root, split)
+    self.classes = list(classes) if classes is not None else own_classes
+    unknown = sorted(set(own_classes) - set(self.classes))
+    if unknown:
+      raise ValueError(
+          f"classes {unknown[:5]} of split {split!r} are not among the "
+          f"{len(self.classes)} training classes"
+      )
+    self.num_classes = len(self.classes)
+    paths, labels = [], []
+    for label, name in enumerate(self.classes):
+      class_dir = os.path.join(root, split, name)
+      if not os.path.isdir(class_dir):
+        continue
+      files = sorted(
+          entry.name
+          for entry in os.scandir(class_dir)
+          if entry.is_file() and entry.name.lower().endswith(IMAGE_SUFFIXES)
+      )
+      paths.extend(os.path.join(class_dir, file) for file in files)
+      labels.extend([label] * len(files))
+    if not paths:
+      raise ValueError(
+          f"no {'/'.join(IMAGE_SUFFIXES)} files under {os.path.join(root, split)}/<class>/"
+      )
+    self.paths = paths
+    self.labels = np.asarray(labels, np.int32)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict:
+    with open(self.paths[index], "rb") as file:
+      image = file.read()
+    return {"image": image, "label": int(self.labels[index])}
