@@ -219,3 +219,35 @@ def test_bad_pipeline_arguments_raise_value_errors():
   pipeline = data.create_pipeline(data.default_config(), per_host_batch_size=8, seed=0)
   with pytest.raises(ValueError, match="num_epochs=0 must be None or an integer >= 1"):
     pipeline.train_iterator(num_epochs=0)
+
+
+def test_orbax_checkpoint_of_the_iterator_resumes_exactly(tmp_path):
+  """The iterator state travels through orbax with grain's checkpoint handler."""
+  import grain  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  config = data.default_config()
+  make = lambda: data.create_pipeline(config, per_host_batch_size=16, seed=3).train_iterator()
+  uninterrupted = _take(make(), 7)
+  iterator = make()
+  _take(iterator, 4)
+  with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+    manager.save(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
+    manager.wait_until_finished()
+  restored = make()
+  with ocp.CheckpointManager(tmp_path / "checkpoints") as manager:
+    manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
+  _assert_same_batches(_take(restored, 3), uninterrupted[4:])
+
+
+def test_batches_form_global_arrays_on_the_mesh():
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+
+  pipeline = data.create_pipeline(data.default_config(), per_host_batch_size=8, seed=0)
+  batch = next(pipeline.train_iterator())
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  images = jax.make_array_from_process_local_data(sharding, batch["image"])
+  assert images.shape == (pipeline.global_batch_size, 8, 8, 1)
+  np.testing.assert_array_equal(np.asarray(images), batch["image"])
