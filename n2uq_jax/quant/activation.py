@@ -105,9 +105,21 @@ def _check_arguments(x, offset, intervals, input_scale, output_scale, bits):
   return bits
 
 
+_UNROLL_LIMIT = 31
+"""Up to this many thresholds, per-threshold work is unrolled into one
+elementwise chain instead of a ``(..., K)`` broadcast (which XLA:CPU would
+materialize before reducing)."""
+
+
 def _level_codes(u: jax.Array, level_thresholds: jax.Array) -> jax.Array:
   """``#{i : u > T_i}`` elementwise, in ``u.dtype`` (an exact small integer)."""
-  return jnp.sum(u[..., None] > level_thresholds, axis=-1, dtype=u.dtype)
+  count = level_thresholds.shape[0]
+  if count > _UNROLL_LIMIT:
+    return jnp.sum(u[..., None] > level_thresholds, axis=-1, dtype=u.dtype)
+  codes = jnp.zeros(u.shape, u.dtype)
+  for i in range(count):
+    codes = codes + (u > level_thresholds[i]).astype(u.dtype)
+  return codes
 
 
 def n2uq_activation_codes(x, offset, intervals, input_scale, *, bits) -> jax.Array:
@@ -154,9 +166,23 @@ def n2uq_activation(x, offset, intervals, input_scale, output_scale, *, bits) ->
       non-scalar scales or offset, or a non-floating ``x``.
   """
   bits = _check_arguments(x, offset, intervals, input_scale, output_scale, bits)
-  return _n2uq_activation(bits, jnp.asarray(x), jnp.asarray(offset),
-                          jnp.asarray(intervals), jnp.asarray(input_scale),
-                          jnp.asarray(output_scale))
+  x = jnp.asarray(x)
+  params = _vary_like(x, offset, intervals, input_scale, output_scale)
+  return _n2uq_activation(bits, x, *params)
+
+
+def _vary_like(x, *params):
+  """Inside ``shard_map``, marks replicated parameters as varying over the mesh
+  axes that ``x`` varies over. The backward rule returns per-shard parameter
+  gradients, which must have the parameters' type; JAX's autodiff of this cast
+  then sums them over those axes. Outside ``shard_map`` it changes nothing."""
+  axes = jax.typeof(x).mat.varying
+  out = []
+  for p in params:
+    p = jnp.asarray(p)
+    missing = tuple(sorted(axes - jax.typeof(p).mat.varying))
+    out.append(jax.lax.pcast(p, missing, to='varying') if missing else p)
+  return out
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -189,10 +215,101 @@ def _backward(bits, residuals, upstream):
   """
   x, offset, intervals, input_scale, output_scale = residuals
   dtype = _validation.compute_dtype(x, offset, intervals, input_scale, output_scale)
-  spacing = level_spacing(bits)
   s, a, beta1, beta2 = (p.astype(dtype) for p in (offset, intervals, input_scale, output_scale))
   xf = x.astype(dtype)
   g = upstream.astype(dtype)
+  k = num_thresholds(bits)
+  if xf.size == 0 or k > _UNROLL_LIMIT:
+    grads = _backward_broadcast(bits, xf, g, s, a, beta1, beta2)
+  else:
+    # XLA:CPU neither fuses producers into its reductions nor vectorizes fused
+    # ones, so there the per-segment sums run blockwise (_backward_blocked);
+    # other backends fuse the broadcast-and-reduce form well.
+    grads = jax.lax.platform_dependent(
+        xf, g, s, a, beta1, beta2,
+        cpu=functools.partial(_backward_blocked, bits),
+        default=functools.partial(_backward_broadcast, bits))
+  dx, d_offset, d_intervals, d_input_scale, d_output_scale = grads
+  return (dx.astype(x.dtype), d_offset.astype(offset.dtype),
+          d_intervals.astype(intervals.dtype), d_input_scale.astype(input_scale.dtype),
+          d_output_scale.astype(output_scale.dtype))
+
+
+_BLOCK = 32768
+"""Elements per block of the CPU backward: the block and its ``K + 3``
+accumulator rows stay in cache while every per-segment sum is updated."""
+
+
+def _segment_lookup(u, ends, clamped):
+  """Per element: inside ``(d_0, d_K]``, the segment start ``d_{i-1}`` and the
+  clamped interval ``a_bar_i`` of the segment ``d_{i-1} < u <= d_i`` holding ``u``."""
+  k = clamped.shape[0]
+  lower = jnp.broadcast_to(ends[0], u.shape)
+  length = jnp.broadcast_to(clamped[0], u.shape)
+  for i in range(1, k):
+    above = u > ends[i]
+    lower = jnp.where(above, ends[i], lower)
+    length = jnp.where(above, clamped[i], length)
+  inside = (u > ends[0]) & (u <= ends[k])
+  return inside, lower, length
+
+
+def _backward_blocked(bits, xf, g, s, a, beta1, beta2):
+  """G-STE on blocks of ``_BLOCK`` elements, every sum elementwise-accumulated.
+
+  With ``w = g * c_i`` and ``t = (u - d_{i-1}) / a_bar_i`` for an element in
+  segment ``i`` (both zero outside ``(d_0, d_K]``), ``d a_j = -beta2 * F_j`` with
+  ``F_j = sum [u > d_j] w + [d_{j-1} < u <= d_j] w t`` (equal to the sums in
+  :func:`_backward`). The loop carries ``F`` as ``(K, block)`` partial sums and
+  ``sum w``, ``sum w x``, ``sum g k`` as ``(block,)`` partial sums, so each block
+  is read once from memory and all updates are vectorised elementwise work.
+  """
+  dtype = xf.dtype
+  spacing = level_spacing(bits)
+  clamped = clamp_intervals(a)
+  ends = breakpoints(s, a)
+  level_thresholds = ends[:-1] + clamped / 2
+  flat_x, flat_g = xf.reshape(-1), g.reshape(-1)
+  n = flat_x.size
+  block = min(_BLOCK, n)
+  num_blocks = -(-n // block)
+  index_dtype = jnp.int32 if n < 2 ** 31 else jnp.int64
+
+  inside, _, length = _segment_lookup(beta1 * xf, ends, clamped)
+  dx = jnp.where(inside, g * (beta2 * beta1) * (spacing / length), 0)
+
+  upper_col, lower_col = ends[1:, None], ends[:-1, None]
+
+  def accumulate(i, sums):
+    f, w_sum, wx_sum, gk_sum = sums
+    i = i.astype(index_dtype)
+    # The last block is shifted back to end at n; its already-counted head is masked.
+    start = jnp.minimum(i * block, n - block)
+    xb = jax.lax.dynamic_slice(flat_x, (start,), (block,))
+    gb = jax.lax.dynamic_slice(flat_g, (start,), (block,))
+    gb = jnp.where(start + jax.lax.iota(index_dtype, block) >= i * block, gb, 0)
+    u = beta1 * xb
+    inside, lower, length = _segment_lookup(u, ends, clamped)
+    w = jnp.where(inside, gb * (spacing / length), 0)
+    wt = jnp.where(inside, gb * (spacing / length) * ((u - lower) / length), 0)
+    f = f + jnp.where(u > upper_col, w, jnp.where(u > lower_col, wt, 0))
+    return (f, w_sum + w, wx_sum + w * xb,
+            gk_sum + gb * _level_codes(u, level_thresholds))
+
+  zeros = jnp.zeros((block,), dtype)
+  # Under shard_map the carries vary over the same mesh axes as the data.
+  initial = _vary_like(flat_x, jnp.zeros((clamped.shape[0], block), dtype), zeros, zeros, zeros)
+  f, w_sum, wx_sum, gk_sum = jax.lax.fori_loop(0, num_blocks, accumulate, tuple(initial))
+  d_offset = -beta2 * jnp.sum(w_sum)
+  d_intervals = jnp.where(a > INTERVAL_FLOOR, -beta2 * jnp.sum(f, axis=1), 0)
+  d_input_scale = beta2 * jnp.sum(wx_sum)
+  d_output_scale = spacing * jnp.sum(gk_sum)
+  return dx, d_offset, d_intervals, d_input_scale, d_output_scale
+
+
+def _backward_broadcast(bits, xf, g, s, a, beta1, beta2):
+  """The sums of :func:`_backward` by broadcasting to ``(..., K)`` and reducing."""
+  spacing = level_spacing(bits)
   u = beta1 * xf
 
   clamped = clamp_intervals(a)
@@ -221,9 +338,7 @@ def _backward(bits, residuals, upstream):
   d_intervals = -beta2 * (later + slopes * seg_offset_grad / clamped)
   d_intervals = jnp.where(a > INTERVAL_FLOOR, d_intervals, 0)
 
-  return (dx.astype(x.dtype), d_offset.astype(offset.dtype),
-          d_intervals.astype(intervals.dtype), d_input_scale.astype(input_scale.dtype),
-          d_output_scale.astype(output_scale.dtype))
+  return dx, d_offset, d_intervals, d_input_scale, d_output_scale
 
 
 _n2uq_activation.defvjp(_forward_with_residuals, _backward)

@@ -110,8 +110,10 @@ _SHARD_MAP_SCRIPT = textwrap.dedent('''
       return jnp.sum(quant.n2uq_activation(x, *params, bits=2) * upstream)
 
     def sharded_grad(params, x, upstream):
-      grads = jax.grad(loss, argnums=(0, 1))(params, x, upstream)
-      return jax.lax.psum(grads[0], 'data'), grads[1]
+      # Gradients of replicated parameters come back summed over 'data', as
+      # for any JAX function of a replicated input inside shard_map.
+      local = lambda params, x: jax.lax.psum(loss(params, x, upstream), 'data')
+      return jax.grad(local, argnums=(0, 1))(params, x)
 
     fn = jax.jit(jax.shard_map(sharded_grad, mesh=mesh, in_specs=(P(), P('data'), P('data')),
                                out_specs=(P(), P('data'))))
