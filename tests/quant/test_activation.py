@@ -2,6 +2,8 @@
 reference on random cases (ties and clamped intervals included), invariants,
 dtypes and errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +20,7 @@ def _params(offset, intervals, input_scale, output_scale, dtype=jnp.float64):
   return tuple(jnp.asarray(v, dtype) for v in (offset, intervals, input_scale, output_scale))
 
 
+@functools.partial(jax.jit, static_argnums=2)
 def _value_and_grads(x, params, bits, upstream):
   def loss(x, *params):
     return jnp.sum(quant.n2uq_activation(x, *params, bits=bits) * upstream)
