@@ -18,7 +18,8 @@ Fields (an ml_collections.ConfigDict or any object with these attributes):
   worker_count: grain worker processes (0: transform in the training process).
   read_threads: threads per process transforming batches concurrently (JPEG decoding
     and resizing release the GIL); 0 transforms on demand.
-  prefetch_buffer_size: batches each process prepares ahead.
+  prefetch_buffer_size: batches each process prepares ahead (and the training process
+    normalises ahead, in a thread); 0 prepares each batch on demand.
 
 There is no shuffle buffer: every epoch is a full random permutation of the split.
 """

@@ -15,9 +15,10 @@ Training is a grain MapDataset chain, so every batch is a pure function of its s
 source -> shuffle (a new global permutation each epoch, the same on every host) ->
 random_map (augmentation seeded by the example's epoch and position, so it does not depend
 on the number of hosts or workers) -> this host's positions -> batch -> repeat. Worker
-processes (`worker_count`) each compute whole batches and grain interleaves them back in
-step order, so the batches are the same with any number of workers. The iterator's state
-is the number of batches consumed: after `set_state`, the next batch is exactly the one an
+processes (`worker_count`) each compute whole uint8 batches and grain interleaves them back
+in step order, so the batches are the same with any number of workers; a thread of the
+training process then normalises them to float32 ahead of use. The iterator's state is
+the number of batches consumed: after `set_state`, the next batch is exactly the one an
 uninterrupted run would have produced.
 """
 
@@ -44,11 +45,21 @@ def _derived_seeds(seed: int, count: int) -> list[int]:
   return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]
 
 
+class _NormalizeImages:
+  """Batch map: uint8 "image" [B, H, W, C] -> normalised float32; other keys unchanged."""
+
+  def __init__(self, normalize: transforms.Normalize):
+    self.normalize = normalize
+
+  def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {**batch, "image": self.normalize(batch["image"])}
+
+
 class _PaddedEvalExample:
   """Maps a position of this host's padded eval share to a transformed example.
 
   Positions below the share's length hold the host's examples (mask True); the positions
-  after them hold zero images with label 0 and mask False.
+  after them hold black images with label 0 and mask False.
   """
 
   def __init__(self, source, indices: range, transform, image_shape: tuple[int, int, int]):
@@ -63,7 +74,7 @@ class _PaddedEvalExample:
       example["mask"] = np.bool_(True)
       return example
     return {
-        "image": np.zeros(self.image_shape, np.float32),
+        "image": np.zeros(self.image_shape, np.uint8),
         "label": np.int32(0),
         "mask": np.bool_(False),
     }
@@ -89,6 +100,7 @@ class Pipeline:
       eval_source: source_lib.ImageSource,
       train_transform,
       eval_transform,
+      normalize: transforms.Normalize,
       *,
       image_size: int,
       per_host_batch_size: int,
@@ -107,6 +119,8 @@ class Pipeline:
     self._shuffle_seed, self._augment_seed = _derived_seeds(seed, 2)
     self._train_source, self._eval_source = train_source, eval_source
     self._train_transform, self._eval_transform = train_transform, eval_transform
+    self._normalize = _NormalizeImages(normalize)
+    self._prefetch_buffer_size = prefetch_buffer_size
     self.num_classes = train_source.num_classes
     self.image_shape = (image_size, image_size, train_source.channels)
     self.num_train_examples = len(train_source)
@@ -128,7 +142,8 @@ class Pipeline:
     )
 
   def train_dataset(self, num_epochs: int | None = None) -> grain.MapDataset:
-    """This host's training batches as a grain MapDataset (element k = step k).
+    """This host's training batches as a grain MapDataset (element k = step k), with
+    uint8 images [B, H, W, C] before normalisation.
 
     Args:
       num_epochs: epochs to cover; None repeats without end.
@@ -155,6 +170,11 @@ class Pipeline:
         # absl flags (no absl.app.run) runs them with their defaults.
         flags.FLAGS.mark_as_parsed()
       iterable = iterable.mp_prefetch(self._multiprocessing)
+    iterable = iterable.map(self._normalize)
+    if self._prefetch_buffer_size > 0:
+      iterable = grain.experimental.ThreadPrefetchIterDataset(
+          iterable, prefetch_buffer_size=self._prefetch_buffer_size
+      )
     return iter(iterable)
 
   def train_iterator(self, num_epochs: int | None = None) -> grain.DatasetIterator:
@@ -173,7 +193,7 @@ class Pipeline:
     return self._iterate(self.train_dataset(num_epochs))
 
   def eval_dataset(self) -> grain.MapDataset:
-    """This host's padded evaluation batches as a grain MapDataset."""
+    """This host's padded evaluation batches as a grain MapDataset (uint8 images)."""
     indices = sharding.host_eval_indices(
         self.num_eval_examples, self.process_index, self.process_count
     )
@@ -191,7 +211,7 @@ class Pipeline:
 
     Yields `num_eval_batches` batches on every host (the same count everywhere):
       {"image": float32 [B, H, W, C], "label": int32 [B], "mask": bool [B]};
-    padding examples (to fill the last batches) have mask False, zero images, label 0.
+    padding examples (to fill the last batches) have mask False, black images, label 0.
     """
     return self._iterate(self.eval_dataset())
 
@@ -248,13 +268,14 @@ def create_pipeline(
       )
   _check_native_size(train_source, config)
   train_transform, eval_transform = transforms.make_transforms(
-      config.transform, config.image_size, channels, config.mean, config.std
+      config.transform, config.image_size, channels
   )
   return Pipeline(
       train_source,
       eval_source,
       train_transform,
       eval_transform,
+      transforms.Normalize(config.mean, config.std),
       image_size=config.image_size,
       per_host_batch_size=per_host_batch_size,
       seed=seed,

@@ -1,7 +1,7 @@
-"""Per-example image transforms of the training recipe (SPEC section 5).
+"""Per-example image transforms of the training recipe (SPEC section 5), and normalisation.
 
 Each transform maps a source record {"image": encoded bytes or uint8 array, "label": int}
-to an example {"image": float32 [S, S, C] normalised, "label": int32 []}, S = image_size.
+to an example {"image": uint8 [S, S, C], "label": int32 []}, S = image_size.
 
 - "imagenet" (SPEC 5, "train augmentation" and "eval"): training takes a random-resized
   crop (area 0.08-1 of the image, aspect ratio 3/4-4/3, log-uniform), resizes it to S x S
@@ -9,12 +9,16 @@ to an example {"image": float32 [S, S, C] normalised, "label": int32 []}, S = im
   S / 0.875 and takes the central S x S crop (224 px from 256 px for ImageNet).
 - "cifar": the small-image recipe: zero-pad 4 pixels, random S x S crop, horizontal flip
   for training; the image as it is for evaluation. Images must already be S x S.
-- "none": normalisation only, for the tiny embedded images. Images must be S x S.
+- "none": the image as it is, for the tiny embedded images. Images must be S x S.
 
-Normalisation is (pixel - mean) / std per channel, with mean and std in 0..255 pixel
-units (ImageNet: `IMAGENET_MEAN`, `IMAGENET_STD`). Training transforms are functions of
-(record, rng) and draw every random number from `rng` (a numpy Generator), so the pipeline
-makes them deterministic by seeding `rng` per example.
+`Normalize` then maps uint8 pixels, one example or a whole batch, to float32
+(pixel - mean) / std per channel, with mean and std in 0..255 pixel units (ImageNet:
+`IMAGENET_MEAN`, `IMAGENET_STD`). The pipeline normalises whole batches after they leave
+the worker processes, so that workers ship uint8 (a quarter of the bytes).
+
+Training transforms are functions of (record, rng) and draw every random number from
+`rng` (a numpy Generator), so the pipeline makes them deterministic by seeding `rng` per
+example.
 """
 
 from __future__ import annotations
@@ -117,15 +121,11 @@ class Normalize:
 
 
 class _Transform:
-  """Shared state: output size, channels and normalisation."""
+  """Shared state: output size and channel count."""
 
-  def __init__(self, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]):
+  def __init__(self, image_size: int, channels: int):
     self.image_size = image_size
     self.channels = channels
-    self.normalize = Normalize(mean, std)
-
-  def _example(self, pixels: np.ndarray, label: Any) -> Example:
-    return {"image": self.normalize(pixels), "label": np.int32(label)}
 
   def _full_image(self, record: Record) -> np.ndarray:
     """Decodes the whole image and checks that it is image_size x image_size."""
@@ -139,32 +139,35 @@ class _Transform:
     return pixels
 
 
+def _example(pixels: np.ndarray, label: Any) -> Example:
+  return {"image": np.ascontiguousarray(pixels), "label": np.int32(label)}
+
+
 class ImageNetTrain(_Transform):
-  """Random-resized crop to S x S, horizontal flip, normalisation (SPEC 5, train)."""
+  """Random-resized crop to S x S and horizontal flip (SPEC 5, train)."""
 
   def __call__(self, record: Record, rng: np.random.Generator) -> Example:
     image = decode.open_image(record["image"])
     box = random_resized_crop_box(image.size[0], image.size[1], rng)
     flip = rng.random() < 0.5
     pixels = decode.crop_resize(image, box, self.image_size, self.channels, flip=flip)
-    return self._example(pixels, record["label"])
+    return _example(pixels, record["label"])
 
 
 class ImageNetEval(_Transform):
-  """Short side to S / 0.875, central S x S crop, normalisation (SPEC 5, eval)."""
+  """Short side to S / 0.875, central S x S crop (SPEC 5, eval)."""
 
   def __call__(self, record: Record) -> Example:
     image = decode.open_image(record["image"])
     box = central_crop_box(image.size[0], image.size[1])
-    pixels = decode.crop_resize(image, box, self.image_size, self.channels)
-    return self._example(pixels, record["label"])
+    return _example(decode.crop_resize(image, box, self.image_size, self.channels), record["label"])
 
 
 class CifarTrain(_Transform):
-  """Zero-pad by `padding`, random S x S crop, horizontal flip, normalisation."""
+  """Zero-pad by `padding`, random S x S crop, horizontal flip."""
 
-  def __init__(self, *args, padding: int = 4, **kwargs):
-    super().__init__(*args, **kwargs)
+  def __init__(self, image_size: int, channels: int, padding: int = 4):
+    super().__init__(image_size, channels)
     self.padding = padding
 
   def __call__(self, record: Record, rng: np.random.Generator) -> Example:
@@ -176,29 +179,26 @@ class CifarTrain(_Transform):
     pixels = padded[top : top + size, left : left + size]
     if rng.random() < 0.5:
       pixels = pixels[:, ::-1]
-    return self._example(pixels, record["label"])
+    return _example(pixels, record["label"])
 
 
-class NormalizeOnly(_Transform):
-  """The image as it is (must be S x S), normalised: CIFAR eval and transform 'none'."""
+class Unchanged(_Transform):
+  """The image as it is (must be S x S): CIFAR eval, and transform 'none'."""
 
   def __call__(self, record: Record, rng: np.random.Generator | None = None) -> Example:
     del rng  # deterministic; accepts an rng so that it can serve as a training transform
-    return self._example(self._full_image(record), record["label"])
+    return _example(self._full_image(record), record["label"])
 
 
-def make_transforms(
-    name: str, image_size: int, channels: int, mean: Sequence[float], std: Sequence[float]
-) -> tuple[_Transform, _Transform]:
+def make_transforms(name: str, image_size: int, channels: int) -> tuple[_Transform, _Transform]:
   """Returns (train_transform, eval_transform) for the transform `name`.
 
   The training transform is called as f(record, rng), the evaluation one as f(record).
   """
-  arguments = (image_size, channels, mean, std)
   if name == "imagenet":
-    return ImageNetTrain(*arguments), ImageNetEval(*arguments)
+    return ImageNetTrain(image_size, channels), ImageNetEval(image_size, channels)
   if name == "cifar":
-    return CifarTrain(*arguments), NormalizeOnly(*arguments)
+    return CifarTrain(image_size, channels), Unchanged(image_size, channels)
   if name == "none":
-    return NormalizeOnly(*arguments), NormalizeOnly(*arguments)
+    return Unchanged(image_size, channels), Unchanged(image_size, channels)
   raise ValueError(f"transform {name!r} is not one of {TRANSFORMS}")
