@@ -1,6 +1,5 @@
 """transfer_params: full-precision twin -> N2UQ model by path (SPEC 4.6)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
