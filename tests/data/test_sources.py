@@ -23,15 +23,18 @@ def _touch_images(root, split, layout):
 
 def test_folder_classes_and_files_are_sorted(tmp_path):
   # Created out of order; listing order must not matter.
-  _touch_images(tmp_path, "train", {"zebra": ["b.JPG", "a.png", "notes.txt"], "ant": ["x.jpeg"]})
+  _touch_images(
+      tmp_path, "train", {"zebra": ["b.JPG", "\u00e4.jpg", "a.png", "notes.txt"], "ant": ["x.jpeg"]}
+  )
   _touch_images(tmp_path, "train", {"moth": ["2.jpg", "10.jpg"]})
   source = folder.ImageFolderSource(str(tmp_path), "train")
   assert source.classes == ["ant", "moth", "zebra"] and source.num_classes == 3
   records = [source[i] for i in range(len(source))]
   assert [r["image"].decode() for r in records] == [
-      "ant/x.jpeg", "moth/10.jpg", "moth/2.jpg", "zebra/a.png", "zebra/b.JPG"
+      "ant/x.jpeg", "moth/10.jpg", "moth/2.jpg", "zebra/a.png", "zebra/b.JPG", "zebra/\u00e4.jpg"
   ]
-  assert [r["label"] for r in records] == [0, 1, 1, 2, 2]
+  assert [r["label"] for r in records] == [0, 1, 1, 2, 2, 2]
+  assert source.path(5) == os.path.join(str(tmp_path), "train", "zebra", "\u00e4.jpg")
   assert source.channels == 3
 
 
