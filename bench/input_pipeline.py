@@ -6,6 +6,8 @@ into a temporary image folder, then measures the normalised 224 px training batc
   - the transform and normalisation alone in this process (one core, no pipeline),
   - `n2uq_jax.data` (folder source, transform "imagenet") with 1 and 2 grain worker
     processes (one transform thread each; normalisation in a thread of this process),
+    and with no worker process but 2 transform threads (decoding and resizing release
+    the GIL), which ships nothing between processes,
   - when TensorFlow is importable: the same transform in tf.data (sample_distorted_bounding_box
     + decode_and_crop_jpeg + bicubic resize + flip + normalise) with 1 and 2 threads.
 
@@ -60,13 +62,13 @@ def write_images(root: str, count: int, classes: int = 4) -> list[str]:
   return paths
 
 
-def grain_iterator(root: str, workers: int, batch_size: int):
+def grain_iterator(root: str, workers: int, threads: int, batch_size: int):
   config = data.default_config()
   config.source, config.data_dir = "folder", root
   config.validation_fraction = 0.1
   config.image_size, config.transform = IMAGE_SIZE, "imagenet"
   config.mean, config.std = data.IMAGENET_MEAN, data.IMAGENET_STD
-  config.worker_count, config.read_threads, config.prefetch_buffer_size = workers, 1, 2
+  config.worker_count, config.read_threads, config.prefetch_buffer_size = workers, threads, 2
   pipeline = data.create_pipeline(
       config, per_host_batch_size=batch_size, seed=0, process_index=0, process_count=1
   )
@@ -175,8 +177,9 @@ def main() -> None:
         "transform alone (1 core, no pipeline)": lambda: transform_alone_iterator(
             paths, args.batch
         ),
-        "grain, 1 worker": lambda: grain_iterator(root, 1, args.batch),
-        "grain, 2 workers": lambda: grain_iterator(root, 2, args.batch),
+        "grain, 1 worker": lambda: grain_iterator(root, 1, 1, args.batch),
+        "grain, 2 workers": lambda: grain_iterator(root, 2, 1, args.batch),
+        "grain, no worker, 2 threads": lambda: grain_iterator(root, 0, 2, args.batch),
     }
     if _tensorflow_importable():
       candidates["tf.data, 1 thread"] = lambda: tf_data_iterator(paths, 1, args.batch)
