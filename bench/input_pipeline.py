@@ -92,7 +92,7 @@ def transform_alone_iterator(paths: list[str], batch_size: int):
 
 
 def tf_data_iterator(paths: list[str], threads: int, batch_size: int):
-  """The same training transform in tf.data, as the Flax ImageNet example builds it."""
+  """The same training transform in tf.data, after the recipe of the Flax ImageNet example."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
   mean = tf.constant(transforms.IMAGENET_MEAN, tf.float32)
