@@ -54,14 +54,13 @@ def main(argv):
   summaries = loop.run(config, workdir)
   total = time.perf_counter() - start
   if jax.process_index() == 0:
+    fmt = lambda v: 'n/a' if v is None else f'{v:.4f}'
     for s in summaries:
-      best = s['best_eval_accuracy']
-      print(f"[{s['variant']}] {s['model']}: eval accuracy {s['final_eval_accuracy']:.4f} "
-            f"(best {best:.4f}) after {s['step']} steps, {s['train_seconds']:.1f} s training; "
-            f"{s['workdir']}", flush=True)
-    print('summary: ' + ', '.join(f"{s['variant']} {s['final_eval_accuracy']:.4f}"
+      print(f"[{s['variant']}] {s['model']}: eval accuracy {fmt(s['final_eval_accuracy'])} "
+            f"(best {fmt(s['best_eval_accuracy'])}) after {s['step']} steps, "
+            f"{s['train_seconds']:.1f} s training; {s['workdir']}", flush=True)
+    print('summary: ' + ', '.join(f"{s['variant']} {fmt(s['final_eval_accuracy'])}"
                                   for s in summaries) + f'; total {total:.1f} s', flush=True)
-
 
 if __name__ == '__main__':
   sys.exit(app.run(main))

@@ -221,7 +221,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.log_every_steps = 20
-  config.eval_every_steps = 0  # 0: at the end of every epoch
+  config.eval_every_steps = 0  # 0: at the end of every epoch; < 0: never (throughput runs)
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   config.async_checkpointing = True
@@ -358,7 +358,10 @@ def validate(config) -> None:
   for field in ('global_batch_size', 'num_epochs', 'learning_rate', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'kd_temperature'):
     _positive(config, field)
-  for field in ('weight_decay', 'warmup_epochs', 'quantizer_lr_multiplier', 'eval_every_steps'):
+  if not isinstance(config.eval_every_steps, int):
+    raise ValueError(f'eval_every_steps={config.eval_every_steps!r} must be an integer (0: every '
+                     'epoch; < 0: no evaluation)')
+  for field in ('weight_decay', 'warmup_epochs', 'quantizer_lr_multiplier'):
     _positive(config, field, allow_zero=True)
   if not isinstance(config.num_train_steps, int):
     raise ValueError(f'num_train_steps={config.num_train_steps!r} must be an integer '

@@ -92,8 +92,10 @@ def build_model(name: str, variant: config_lib.Variant | None, *, num_classes: i
 
 def _restore_fp_model(path: str, name: str, *, num_classes: int, in_channels: int,
                       compute_dtype, mesh) -> tuple[step_lib.ModelDef, Any, Any, str]:
-  model = build_model(name, None, num_classes=num_classes, in_channels=in_channels, seed=0,
-                      compute_dtype=compute_dtype)
+  # Abstract: the restore provides every value, so nothing is initialised.
+  model = nnx.eval_shape(lambda: build_model(name, None, num_classes=num_classes,
+                                             in_channels=in_channels, seed=0,
+                                             compute_dtype=compute_dtype))
   model_def, params, model_state = step_lib.split_model(model)
   replicated = sharding.replicated(mesh)
   abstract = lambda tree: checkpoint_lib.abstract(tree, jax.tree.map(lambda _: replicated, tree))
@@ -135,12 +137,18 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
   mesh = mesh or sharding.create_mesh(config.mesh.fsdp)
   sharding.check_batch_size(config.global_batch_size, mesh)
   is_main = jax.process_index() == 0
+  if config.loss == 'kd' and not config.teacher_checkpoint:
+    raise ValueError(
+        "loss='kd' needs teacher_checkpoint: a run directory or checkpoint of "
+        f"teacher_model={config.teacher_model or config.fp_model!r}; set "
+        "--config.teacher_checkpoint=DIR, or --config.loss=ce")
   _check_workdir_config(workdir, config)
   if pipeline is None:
     pipeline = _pipeline_for(config, mesh)
   steps_per_epoch = pipeline.steps_per_epoch
   total_steps = (config.num_train_steps if config.num_train_steps > 0
                  else config.num_epochs * steps_per_epoch)
+  evaluate_during = config.eval_every_steps >= 0
   eval_every = config.eval_every_steps or steps_per_epoch
   dtype = step_lib.compute_dtype(config.compute_dtype)
   num_classes, in_channels = pipeline.num_classes, pipeline.image_shape[-1]
@@ -162,11 +170,6 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
 
   teacher_def = teacher = None
   if config.loss == 'kd':
-    if not config.teacher_checkpoint:
-      raise ValueError(
-          "loss='kd' needs teacher_checkpoint: a run directory or checkpoint of "
-          f"teacher_model={config.teacher_model or config.fp_model!r}; set "
-          "--config.teacher_checkpoint=DIR, or --config.loss=ce")
     teacher_def, t_params, t_state, where = _restore_fp_model(
         config.teacher_checkpoint, config.teacher_model or config.fp_model,
         num_classes=num_classes, in_channels=in_channels, compute_dtype=dtype, mesh=mesh)
@@ -284,7 +287,7 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
           bar.set_postfix(postfix)
         pending = []
         window_start, window_steps = time.perf_counter(), 0
-      if step % eval_every == 0 or step == total_steps:
+      if evaluate_during and (step % eval_every == 0 or step == total_steps):
         last_eval = eval_and_keep_best(state, step)
         if bar is not None:
           postfix['eval_acc'] = f'{last_eval["eval_accuracy"]:.4f}'
@@ -296,7 +299,7 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
       if stop_after_step is not None and step >= stop_after_step and step < total_steps:
         break
     train_seconds = time.perf_counter() - loop_start - eval_seconds
-    if last_eval is None or last_eval['step'] != step:
+    if evaluate_during and (last_eval is None or last_eval['step'] != step):
       last_eval = eval_and_keep_best(state, step)
     ckpt.wait()
   finally:
@@ -311,8 +314,8 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
       'model': name,
       'step': int(step),
       'total_steps': int(total_steps),
-      'final_eval_accuracy': last_eval['eval_accuracy'],
-      'final_eval_loss': last_eval['eval_loss'],
+      'final_eval_accuracy': last_eval['eval_accuracy'] if last_eval else None,
+      'final_eval_loss': last_eval['eval_loss'] if last_eval else None,
       'best_eval_accuracy': best_accuracy,
       'train_seconds': round(train_seconds, 3),
       'workdir': workdir,
