@@ -23,15 +23,22 @@ import jax.numpy as jnp
 from n2uq_jax import quant
 
 
-def median_seconds(fn, args, repeats: int) -> float:
-  """Median wall time of ``fn(*args)`` over ``repeats`` runs, after a warm-up."""
+def _seconds(fn, args) -> float:
+  start = time.perf_counter()
   jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+  return time.perf_counter() - start
+
+
+def interleaved_medians(baseline, candidate, repeats: int) -> tuple[float, float]:
+  """Medians of ``repeats`` timings of two ``(fn, args)`` pairs, run alternately
+  after a warm-up, so that load from other processes hits both alike."""
+  for fn, args in (baseline, candidate):
     jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  base_times, times = [], []
+  for _ in range(repeats):
+    base_times.append(_seconds(*baseline))
+    times.append(_seconds(*candidate))
+  return statistics.median(base_times), statistics.median(times)
 
 
 def relu_step():
@@ -76,20 +83,19 @@ def main():
 
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, '
         f'{jax.device_count()} device(s); activation {tuple(args.shape)}, '
-        f'kernel {tuple(args.kernel)}; medians of {args.repeats} runs')
-  relu = median_seconds(relu_step(), (x, upstream), args.repeats)
-  print(f'relu fwd+bwd                      {relu * 1e3:8.2f} ms   1.00x')
+        f'kernel {tuple(args.kernel)}; medians of {args.repeats} interleaved runs')
+  relu = (relu_step(), (x, upstream))
   for bits in args.bits:
-    params = quant.init_n2uq_activation(bits)
-    seconds = median_seconds(n2uq_step(bits), (x, params, upstream), args.repeats)
-    print(f'n2uq_activation bits={bits} fwd+bwd    {seconds * 1e3:8.2f} ms '
-          f'{seconds / relu:6.2f}x relu')
-  scale = median_seconds(scale_step(), (w, w_upstream), args.repeats)
-  print(f'w * c fwd+bwd (kernel)            {scale * 1e3:8.2f} ms   1.00x')
+    step = (n2uq_step(bits), (x, quant.init_n2uq_activation(bits), upstream))
+    base, seconds = interleaved_medians(relu, step, args.repeats)
+    print(f'n2uq_activation bits={bits} fwd+bwd {seconds * 1e3:8.2f} ms   '
+          f'relu fwd+bwd {base * 1e3:7.2f} ms   ratio {seconds / base:6.2f}x')
+  scale = (scale_step(), (w, w_upstream))
   for bits in args.bits:
-    seconds = median_seconds(weight_step(bits), (w, w_upstream), args.repeats)
-    print(f'n2uq_weight bits={bits} fwd+bwd        {seconds * 1e3:8.2f} ms '
-          f'{seconds / scale:6.2f}x w*c')
+    step = (weight_step(bits), (w, w_upstream))
+    base, seconds = interleaved_medians(scale, step, args.repeats)
+    print(f'n2uq_weight bits={bits} fwd+bwd     {seconds * 1e3:8.2f} ms   '
+          f'w*c fwd+bwd  {base * 1e3:7.2f} ms   ratio {seconds / base:6.2f}x')
 
 
 if __name__ == '__main__':

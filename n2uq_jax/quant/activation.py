@@ -260,9 +260,10 @@ def _backward_blocked(bits, xf, g, s, a, beta1, beta2):
   With ``w = g * c_i`` and ``t = (u - d_{i-1}) / a_bar_i`` for an element in
   segment ``i`` (both zero outside ``(d_0, d_K]``), ``d a_j = -beta2 * F_j`` with
   ``F_j = sum [u > d_j] w + [d_{j-1} < u <= d_j] w t`` (equal to the sums in
-  :func:`_backward`). The loop carries ``F`` as ``(K, block)`` partial sums and
-  ``sum w``, ``sum w x``, ``sum g k`` as ``(block,)`` partial sums, so each block
-  is read once from memory and all updates are vectorised elementwise work.
+  :func:`_backward`). The loop writes each block's ``dx`` and carries ``F`` as
+  ``(K, block)`` partial sums and ``sum w``, ``sum w x``, ``sum g k`` as
+  ``(block,)`` partial sums, so each block is read from memory once and all
+  updates are vectorised elementwise work.
   """
   dtype = xf.dtype
   spacing = level_spacing(bits)
@@ -274,37 +275,37 @@ def _backward_blocked(bits, xf, g, s, a, beta1, beta2):
   block = min(_BLOCK, n)
   num_blocks = -(-n // block)
   index_dtype = jnp.int32 if n < 2 ** 31 else jnp.int64
-
-  inside, _, length = _segment_lookup(beta1 * xf, ends, clamped)
-  dx = jnp.where(inside, g * (beta2 * beta1) * (spacing / length), 0)
-
   upper_col, lower_col = ends[1:, None], ends[:-1, None]
 
-  def accumulate(i, sums):
-    f, w_sum, wx_sum, gk_sum = sums
+  def accumulate(i, carry):
+    dx, f, w_sum, wx_sum, gk_sum = carry
     i = i.astype(index_dtype)
-    # The last block is shifted back to end at n; its already-counted head is masked.
+    # The last block is shifted back to end at n: its dx is written again with
+    # the same values, and its already-counted head is masked out of the sums.
     start = jnp.minimum(i * block, n - block)
     xb = jax.lax.dynamic_slice(flat_x, (start,), (block,))
     gb = jax.lax.dynamic_slice(flat_g, (start,), (block,))
-    gb = jnp.where(start + jax.lax.iota(index_dtype, block) >= i * block, gb, 0)
     u = beta1 * xb
     inside, lower, length = _segment_lookup(u, ends, clamped)
-    w = jnp.where(inside, gb * (spacing / length), 0)
-    wt = jnp.where(inside, gb * (spacing / length) * ((u - lower) / length), 0)
+    slope = jnp.where(inside, spacing / length, 0)
+    dx = jax.lax.dynamic_update_slice(dx, gb * slope * (beta2 * beta1), (start,))
+    gb = jnp.where(start + jax.lax.iota(index_dtype, block) >= i * block, gb, 0)
+    w = gb * slope
+    wt = w * ((u - lower) / length)
     f = f + jnp.where(u > upper_col, w, jnp.where(u > lower_col, wt, 0))
-    return (f, w_sum + w, wx_sum + w * xb,
+    return (dx, f, w_sum + w, wx_sum + w * xb,
             gk_sum + gb * _level_codes(u, level_thresholds))
 
   zeros = jnp.zeros((block,), dtype)
   # Under shard_map the carries vary over the same mesh axes as the data.
-  initial = _vary_like(flat_x, jnp.zeros((clamped.shape[0], block), dtype), zeros, zeros, zeros)
-  f, w_sum, wx_sum, gk_sum = jax.lax.fori_loop(0, num_blocks, accumulate, tuple(initial))
+  initial = _vary_like(flat_x, jnp.zeros((n,), dtype),
+                       jnp.zeros((clamped.shape[0], block), dtype), zeros, zeros, zeros)
+  dx, f, w_sum, wx_sum, gk_sum = jax.lax.fori_loop(0, num_blocks, accumulate, tuple(initial))
   d_offset = -beta2 * jnp.sum(w_sum)
   d_intervals = jnp.where(a > INTERVAL_FLOOR, -beta2 * jnp.sum(f, axis=1), 0)
   d_input_scale = beta2 * jnp.sum(wx_sum)
   d_output_scale = spacing * jnp.sum(gk_sum)
-  return dx, d_offset, d_intervals, d_input_scale, d_output_scale
+  return dx.reshape(xf.shape), d_offset, d_intervals, d_input_scale, d_output_scale
 
 
 def _backward_broadcast(bits, xf, g, s, a, beta1, beta2):
