@@ -138,7 +138,7 @@ def n2uq_activation_codes(x, offset, intervals, input_scale, *, bits) -> jax.Arr
   dtype = _validation.compute_dtype(x, offset, intervals, input_scale)
   u = input_scale.astype(dtype) * jnp.asarray(x).astype(dtype)
   level_thresholds = thresholds(offset.astype(dtype), intervals.astype(dtype))
-  return jnp.sum(u[..., None] > level_thresholds, axis=-1, dtype=jnp.int32)
+  return _level_codes(u, level_thresholds).astype(jnp.int32)
 
 
 def n2uq_activation(x, offset, intervals, input_scale, output_scale, *, bits) -> jax.Array:
