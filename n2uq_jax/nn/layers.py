@@ -58,6 +58,14 @@ class WeightQuantizer(nnx.Module):
     return kernel
 
 
+def _make_quantizers(spec: QuantSpec, kernel: jax.Array, param_dtype):
+  """The input quantizer (``None`` for ``'none'``) and the weight quantizer of a
+  layer with ``spec`` and latent ``kernel``."""
+  return (make_activation_quantizer(spec.activation, spec.activation_bits,
+                                    param_dtype=param_dtype),
+          WeightQuantizer(spec.weight, spec.weight_bits, kernel))
+
+
 class QuantConv(nnx.Module):
   """2-D convolution with an optional input quantizer and a weight quantizer.
 
@@ -100,9 +108,8 @@ class QuantConv(nnx.Module):
     shape = (*self.kernel_size, in_features // feature_group_count, out_features)
     self.kernel = nnx.Param(kernel_init(rngs.params(), shape, param_dtype))
     self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
-    self.input_quantizer = make_activation_quantizer(spec.activation, spec.activation_bits,
-                                                     param_dtype=param_dtype)
-    self.weight_quantizer = WeightQuantizer(spec.weight, spec.weight_bits, self.kernel[...])
+    self.input_quantizer, self.weight_quantizer = _make_quantizers(spec, self.kernel[...],
+                                                                   param_dtype)
 
   def quantized_kernel(self) -> jax.Array:
     """The fake-quantized kernel the convolution uses, HWIO."""
@@ -142,9 +149,8 @@ class QuantDense(nnx.Module):
     self.dtype = dtype
     self.kernel = nnx.Param(kernel_init(rngs.params(), (in_features, out_features), param_dtype))
     self.bias = nnx.Param(jnp.zeros((out_features,), param_dtype)) if use_bias else None
-    self.input_quantizer = make_activation_quantizer(spec.activation, spec.activation_bits,
-                                                     param_dtype=param_dtype)
-    self.weight_quantizer = WeightQuantizer(spec.weight, spec.weight_bits, self.kernel[...])
+    self.input_quantizer, self.weight_quantizer = _make_quantizers(spec, self.kernel[...],
+                                                                   param_dtype)
 
   def quantized_kernel(self) -> jax.Array:
     return self.weight_quantizer(self.kernel[...])
