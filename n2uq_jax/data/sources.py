@@ -33,7 +33,7 @@ def open_source(
   if config.source == "embedded":
     return embedded.load_embedded(config.name, split)
   if config.source == "tfds":
-    return tfds_source.TfdsSource(config.name, config.data_dir, split)
+    return tfds_source.TfdsSource(config.name, config.data_dir or None, split)
   if config.source == "folder":
     if not config.data_dir:
       raise ValueError("source 'folder' needs data_dir, the folder holding <split>/<class>/")

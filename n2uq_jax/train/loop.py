@@ -72,8 +72,10 @@ def _check_workdir_config(workdir: str, config) -> None:
     if diffs:
       raise ValueError(
           f'workdir {workdir!r} holds a run with a different config; refusing to overwrite '
-          'it. Use another --workdir, or delete this one to start over. Differences: ' +
-          '; '.join(diffs))
+          'it. Differences: ' + '; '.join(diffs) + '. To train a finished run further (more '
+          'steps or epochs change its schedule), start a new workdir from it: '
+          f'--workdir=NEW_DIR --config.init_checkpoint={workdir} (its latest checkpoint; '
+          f'DIR@STEP for another). Or use another --workdir, or delete this one to start over.')
   elif jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path, 'w', encoding='utf-8') as f:

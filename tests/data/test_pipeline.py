@@ -214,7 +214,7 @@ def test_bad_pipeline_arguments_raise_value_errors():
     data.create_pipeline(config, per_host_batch_size=8, seed=0, process_index=2, process_count=2)
   with pytest.raises(ValueError, match="seed=-1 must be a non-negative integer"):
     data.create_pipeline(config, per_host_batch_size=8, seed=-1)
-  config.source, config.data_dir = "folder", None
+  config.source, config.data_dir = "folder", ""
   with pytest.raises(ValueError, match="source 'folder' needs data_dir"):
     data.create_pipeline(config, per_host_batch_size=8, seed=0)
   pipeline = data.create_pipeline(data.default_config(), per_host_batch_size=8, seed=0)
