@@ -31,6 +31,7 @@ from typing import Any
 import ml_collections
 
 from n2uq_jax import nn
+from n2uq_jax.interop import checkpoints as interop_checkpoints
 
 METHODS = ('n2uq', 'dorefa', 'lsq', 'pact', 'n2uq_dorefa_weights', 'uniform')
 """Quantization methods of the quantized variants (the paper's method and its baselines)."""
@@ -210,6 +211,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.label_smoothing = 0.0
   config.kd_temperature = 1.0
   config.teacher_model = ''
+  # Checkpoints: a run directory, a checkpoint directory, DIR@STEP, or a PyTorch file
+  # torchvision:PATH / n2uq-official:PATH (n2uq_jax.interop.checkpoints).
   config.teacher_checkpoint = ''
   config.init_model = ''
   config.init_checkpoint = ''
@@ -259,7 +262,9 @@ def imagenet_config(model: str, fp_model: str, arg: str) -> ml_collections.Confi
   """The official recipe (SPEC 5) on ImageNet from tfds: Adam at 1.25e-3 for batch
   256, quantizer parameters at lr/10, no weight decay, per-epoch linear decay over 128
   epochs, KD-only from a frozen ResNet-101 at temperature 1, initialised from an FP
-  checkpoint of this project (set ``init_checkpoint`` and ``teacher_checkpoint``)."""
+  checkpoint (set ``init_checkpoint`` and ``teacher_checkpoint``: checkpoints of this
+  project, or torchvision weights as ``torchvision:resnet18.pth`` and
+  ``torchvision:resnet101.pth``, as in the official recipe)."""
   config = base_config()
   config.model = model
   config.fp_model = fp_model
@@ -371,6 +376,10 @@ def validate(config) -> None:
   for field in ('teacher_model', 'init_model'):
     if config[field] and config[field].removesuffix(':fp') not in names:
       raise ValueError(f'{field}={config[field]!r} is not a model; valid: {names}')
+  for field, model_field in (('init_checkpoint', 'init_model'),
+                             ('teacher_checkpoint', 'teacher_model')):
+    if config[field]:
+      interop_checkpoints.check(field, config[field], config[model_field] or config.fp_model)
   if config.mesh.fsdp < 1:
     raise ValueError(f'mesh.fsdp={config.mesh.fsdp!r} must be >= 1')
 

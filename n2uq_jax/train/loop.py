@@ -23,6 +23,7 @@ from absl import logging
 from flax import nnx
 
 from n2uq_jax import models, nn
+from n2uq_jax.interop import checkpoints as interop_checkpoints
 from n2uq_jax.train import checkpoint as checkpoint_lib
 from n2uq_jax.train import config_lib, metrics as metrics_lib, optimizer as optimizer_lib
 from n2uq_jax.train import sharding, step as step_lib
@@ -94,12 +95,21 @@ def build_model(name: str, variant: config_lib.Variant | None, *, num_classes: i
 
 def _restore_fp_model(path: str, name: str, *, num_classes: int, in_channels: int,
                       compute_dtype, mesh) -> tuple[step_lib.ModelDef, Any, Any, str]:
+  replicated = sharding.replicated(mesh)
+  if interop_checkpoints.parse(path) is not None:  # torchvision:PATH, n2uq-official:PATH
+    if in_channels != 3:
+      raise ValueError(f'{path!r} holds a model of RGB images, but the data has {in_channels} '
+                       'channels')
+    model = interop_checkpoints.load(path, model_name=name, num_classes=num_classes,
+                                     dtype=compute_dtype)
+    model_def, params, model_state = step_lib.split_model(model)
+    params, model_state = jax.device_put((params, model_state), replicated)
+    return model_def, params, model_state, path
   # Abstract: the restore provides every value, so nothing is initialised.
   model = nnx.eval_shape(lambda: build_model(name, None, num_classes=num_classes,
                                              in_channels=in_channels, seed=0,
                                              compute_dtype=compute_dtype))
   model_def, params, model_state = step_lib.split_model(model)
-  replicated = sharding.replicated(mesh)
   abstract = lambda tree: checkpoint_lib.abstract(tree, jax.tree.map(lambda _: replicated, tree))
   params, model_state, where = checkpoint_lib.restore_model(path, abstract(params),
                                                             abstract(model_state))
