@@ -1,0 +1,82 @@
+"""The ImageNet recipe from PyTorch weights: ``init_checkpoint`` and
+``teacher_checkpoint`` as ``torchvision:PATH`` (checkpoints written here), one W2A2
+ResNet-18 step on mock data; and the config checks of the prefixed form."""
+
+import math
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from n2uq_jax.train import config_lib, loop, metrics
+from tests.train.mock_data import MockPipeline
+from tests.train.test_configs import load
+
+torch = pytest.importorskip('torch')
+torchvision = pytest.importorskip('torchvision')
+
+
+def save_torchvision(path, arch, seed):
+  torch.manual_seed(seed)
+  model = getattr(torchvision.models, arch)(weights=None, num_classes=10)
+  torch.save(model.state_dict(), path)
+  return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def test_w2a2_resnet18_step_from_torchvision_init_and_teacher(tmp_path, quiet_config,
+                                                              compilation_cache):
+  init = save_torchvision(tmp_path / 'resnet18.pth', 'resnet18', seed=0)
+  save_torchvision(tmp_path / 'teacher.pth', 'resnet18', seed=1)
+  config = quiet_config(
+      load('imagenet_resnet18'), num_train_steps=1, global_batch_size=2,
+      init_checkpoint=f'torchvision:{tmp_path / "resnet18.pth"}',
+      teacher_checkpoint=f'torchvision:{tmp_path / "teacher.pth"}', teacher_model='resnet18_fp',
+      checkpoint_every_steps=1, log_every_steps=1, eval_every_steps=-1,
+      schedule='constant')  # the recipe's per-epoch decay is 0 in a 1-step run's only epoch
+  assert config.variants == 'w2a2' and config.model_kwargs.quantize_downsample
+  pipeline = MockPipeline(per_host_batch_size=2, image_shape=(32, 32, 3), num_classes=10,
+                          steps_per_epoch=3, num_eval_batches=1)
+  run_dir = tmp_path / 'run'
+  summary = loop.train_and_evaluate(config, str(run_dir), pipeline=pipeline)
+  assert summary['step'] == 1
+  losses = [r['loss'] for r in metrics.read_metrics(str(run_dir)) if 'loss' in r]
+  assert len(losses) == 1 and math.isfinite(losses[0]) and losses[0] > 0
+
+  manager = ocp.CheckpointManager(str(run_dir / 'checkpoints'))
+  params = manager.restore(1, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore()))['model']['params']
+  manager.close()
+  # One Adam step moves a weight by at most the learning rate: the W2A2 model
+  # started from the torchvision weights (the shortcut conv included).
+  step = config.learning_rate * 1.001
+  for path, key in (('layer1/0/conv1/kernel', 'layer1.0.conv1.weight'),
+                    ('layer3/0/downsample/conv/kernel', 'layer3.0.downsample.0.weight'),
+                    ('conv1/kernel', 'conv1.weight')):
+    value = params
+    for part in path.split('/'):
+      value = value[part]
+    want = init[key].transpose(2, 3, 1, 0)
+    assert np.max(np.abs(np.asarray(value) - want)) <= step, path
+  assert not np.array_equal(np.asarray(params['fc']['kernel']), init['fc.weight'].T)
+
+
+@pytest.mark.parametrize('field,value,model,match', [
+    ('init_checkpoint', 'torchvision:r18.pth', 'resnet18', 'set init_model to one of'),
+    ('teacher_checkpoint', 'torchvision:r101.npz', 'resnet101_fp', 'ending in .pth'),
+    ('init_checkpoint', 'n2uq-official:x.pth.tar', 'resnet101_fp', "'resnet18', 'resnet34'"),
+])
+def test_prefixed_checkpoint_config_errors(field, value, model, match):
+  config = load('imagenet_resnet18')
+  config[field] = value
+  config['init_model' if field == 'init_checkpoint' else 'teacher_model'] = model
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate(config)
+
+
+def test_prefixed_checkpoints_validate():
+  config = load('imagenet_resnet18')
+  config.init_checkpoint = 'torchvision:resnet18-f37072fd.pth'
+  config.teacher_checkpoint = 'torchvision:resnet101.pth'
+  config_lib.validate(config)
+  config.init_checkpoint = 'n2uq-official:model_best.pth.tar'  # read into resnet18
+  config_lib.validate(config)
