@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from n2uq_jax import interop
+from tests.interop.helpers import jax_logits, relative_error
 from tests.models.helpers import abstract_model, random_concrete, variables
 
 torch = pytest.importorskip('torch')
@@ -42,8 +43,7 @@ def test_logits_agree_with_the_official_layout_and_state_dict_round_trips(
 
   model = interop.load_official_n2uq(state, arch=arch, bits=2,
                                      quantize_downsample=quantize_downsample, num_classes=10)
-  got = np.asarray(model(jnp.asarray(x.transpose(0, 2, 3, 1))))
-  error = float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
+  error = relative_error(jax_logits(model, x), want)
   record_property('relative_logit_error', error)
   print(f'{arch} quantize_downsample={quantize_downsample}: relative logit error {error:.2e}; '
         f'ties avoided: {offset_moves} quantizer offset moves, {weights_moved} weights moved')

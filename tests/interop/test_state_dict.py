@@ -5,8 +5,9 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from n2uq_jax import interop, nn
+from n2uq_jax import interop, models, nn
 from n2uq_jax.interop import checkpoints
 from tests.models.helpers import abstract_model, random_concrete
 
@@ -89,8 +90,6 @@ def test_export_refuses_models_the_other_code_cannot_hold():
   with pytest.raises(ValueError, match='to_torchvision_state_dict'):
     interop.to_official_n2uq_state_dict(random_concrete(abstract_model('resnet18_fp'), seed=0))
   dorefa = nn.QuantPolicy(default=nn.QuantSpec.uniform_bits(2, activation='dorefa'))
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from n2uq_jax import models  # pylint: disable=g-import-not-at-top
   model = nnx.eval_shape(lambda: models.create_model('resnet18', policy=dorefa,
                                                      rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match='dorefa'):

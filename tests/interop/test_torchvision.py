@@ -2,11 +2,11 @@
 statistics) against their twins loaded with load_torchvision: logits and the
 state_dict round trip."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from n2uq_jax import interop
+from tests.interop.helpers import jax_logits, relative_error
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
@@ -33,10 +33,6 @@ def randomized_torchvision(arch: str, seed: int, num_classes: int = 10):
   return model.eval()
 
 
-def relative_error(got, want) -> float:
-  return float(np.max(np.abs(got - want)) / np.max(np.abs(want)))
-
-
 @pytest.mark.parametrize('arch', ARCHS)
 def test_logits_equal_torchvision_and_state_dict_round_trips(arch, record_property):
   reference = randomized_torchvision(arch, seed=ARCHS.index(arch))
@@ -46,7 +42,7 @@ def test_logits_equal_torchvision_and_state_dict_round_trips(arch, record_proper
     want = reference(torch.from_numpy(x)).numpy()
 
   model = interop.load_torchvision(state, arch=arch, num_classes=10)
-  got = np.asarray(model(jnp.asarray(x.transpose(0, 2, 3, 1))))
+  got = jax_logits(model, x)
   error = relative_error(got, want)
   record_property('relative_logit_error', error)
   print(f'{arch}: max |logit difference| / max |logit| = {error:.2e}')
