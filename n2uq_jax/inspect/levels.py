@@ -102,10 +102,6 @@ def weight_levels(quantizer: nn.WeightQuantizer, kernel: jax.Array) -> jax.Array
   raise ValueError(f'unknown weight quantizer family {family!r}; valid: n2uq, dorefa, lsq, none')
 
 
-def level_counts(levels, num_levels: int, weights=None) -> np.ndarray:
-  """``(num_levels,)`` float64 occupancy counts of integer ``levels`` (each element
-  weighted by ``weights``, e.g. a padding mask, when given)."""
-  levels = np.asarray(levels).reshape(-1)
-  if weights is not None:
-    weights = np.broadcast_to(np.asarray(weights, np.float64), np.shape(levels)).reshape(-1)
-  return np.bincount(levels, weights=weights, minlength=num_levels).astype(np.float64)
+def level_counts(levels, num_levels: int) -> np.ndarray:
+  """``(num_levels,)`` float64 occupancy counts of the integer ``levels``."""
+  return np.bincount(np.asarray(levels).reshape(-1), minlength=num_levels).astype(np.float64)
