@@ -18,12 +18,14 @@ DPI = 100
 
 @dataclasses.dataclass(frozen=True)
 class ThresholdPanel:
-  """One layer's activation quantizer: its input samples and decision thresholds."""
+  """One layer's activation quantizer: its input samples, its decision thresholds and,
+  for a learned quantizer, the thresholds it started from (``None`` otherwise)."""
   name: str
   quantizer: str
   bits: int
   samples: np.ndarray
   thresholds: np.ndarray
+  initial_thresholds: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,8 @@ def _histogram_range(samples: np.ndarray, thresholds: np.ndarray) -> tuple[float
 
 def draw_thresholds(panels: Sequence[ThresholdPanel], path: str, *, columns: int = 4) -> None:
   """A grid of histograms of each layer's quantizer inputs with its thresholds drawn
-  as vertical lines (level ``i`` lies right of threshold ``i``)."""
+  as dashed vertical lines (level ``i`` lies right of threshold ``i``) and the
+  thresholds at initialisation as dotted grey lines."""
   columns = max(1, min(columns, len(panels)))
   rows = math.ceil(len(panels) / columns)
   figure = Figure(figsize=(3.4 * columns, 2.4 * rows), layout='constrained')
@@ -61,15 +64,20 @@ def draw_thresholds(panels: Sequence[ThresholdPanel], path: str, *, columns: int
     lo, hi = _histogram_range(panel.samples, panel.thresholds)
     axes.hist(np.clip(panel.samples, lo, hi), bins=80, range=(lo, hi), density=True,
               color='0.6', edgecolor='none')
+    for threshold in (() if panel.initial_thresholds is None else panel.initial_thresholds):
+      axes.axvline(threshold, color='0.3', linewidth=0.8, linestyle=':')
     for i, threshold in enumerate(panel.thresholds, start=1):
       axes.axvline(threshold, color='tab:red', linewidth=1.0, linestyle='--')
+      right_edge = threshold > lo + 0.9 * (hi - lo)
       axes.annotate(f'T{i}', (threshold, 1.0), xycoords=('data', 'axes fraction'),
-                    xytext=(2, -10), textcoords='offset points', fontsize=7, color='tab:red')
+                    xytext=(-2 if right_edge else 2, -10), textcoords='offset points',
+                    ha='right' if right_edge else 'left', fontsize=7, color='tab:red')
     axes.set_xlim(lo, hi)
     axes.set_title(f'{panel.name} ({panel.quantizer}, {panel.bits} bit)', fontsize=8)
     axes.tick_params(labelsize=7)
     axes.set_yticks([])
-  figure.suptitle('activation quantizer inputs (histogram) and thresholds (dashed)', fontsize=9)
+  figure.suptitle('activation quantizer inputs (histogram), thresholds (dashed) and, for '
+                  'learned ones, their initial values (dotted)', fontsize=9)
   _save(figure, path)
 
 

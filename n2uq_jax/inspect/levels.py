@@ -75,6 +75,15 @@ def decision_thresholds(module) -> jax.Array:
   return (index - 0.5) * _uniform_spacing(module)
 
 
+def initial_thresholds(module) -> jax.Array | None:
+  """The thresholds of a learned N2UQ quantizer at its SPEC 2.1 initialisation
+  (uniform, ``(i - 1/2) * Delta``), or ``None`` for the other families."""
+  if not isinstance(module, nn.N2UQActivation):
+    return None
+  init = quant.init_n2uq_activation(module.bits)
+  return quant.thresholds(init.offset, init.intervals) / init.input_scale
+
+
 def weight_levels(quantizer: nn.WeightQuantizer, kernel: jax.Array) -> jax.Array | None:
   """The level (int32, ``0..2**bits - 1``, most negative first) of every kernel element,
   or ``None`` for an unquantized kernel.

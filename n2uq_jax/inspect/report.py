@@ -146,9 +146,11 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
       activation_rows.append(figures.OccupancyRow(layer.name, layer.activation_bits,
                                                   np.asarray(occupancy), entropy))
       if not layers or any(fnmatch.fnmatchcase(layer.name, p) for p in layers):
+        initial = levels_lib.initial_thresholds(module.input_quantizer)
         panels.append(figures.ThresholdPanel(
             layer.name, row['activation_quantizer'], layer.activation_bits,
-            records[layer.name]['samples'], records[layer.name]['thresholds']))
+            records[layer.name]['samples'], records[layer.name]['thresholds'],
+            None if initial is None else np.asarray(initial)))
     codes = levels_lib.weight_levels(module.weight_quantizer, module.kernel[...])
     if codes is not None:
       counts = levels_lib.level_counts(jax.device_get(codes), 2 ** layer.weight_bits)
@@ -171,6 +173,7 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
   if figures.draw_curves(metric_records, os.path.join(out_dir, 'curves.png'), loss=config.loss):
     written.append('curves.png')
 
+  checkpoint_step = int(where.rpartition('@')[2])
   summary = {
       'run_dir': os.path.abspath(run_dir),
       'checkpoint': where,
@@ -184,7 +187,9 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
       'total_bops': sum(layer.bops for layer in costs),
       'float_bops': sum(layer.macs for layer in costs) * cost_lib.FLOAT_BITS ** 2,
       'model_size': {**dataclasses.asdict(size), 'compression': size.compression},
-      'final_eval_accuracy': _final_accuracy(metric_records),
+      'checkpoint_step': checkpoint_step,
+      'checkpoint_eval_accuracy': _eval_accuracy(metric_records, checkpoint_step),
+      'final_eval_accuracy': _eval_accuracy(metric_records),
       'figures': written,
   }
   summary['text'] = format_summary(summary)
@@ -195,8 +200,10 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
   return summary
 
 
-def _final_accuracy(records: Sequence[dict[str, Any]]) -> float | None:
-  evaluations = [r for r in records if 'eval_accuracy' in r and not r.get('summary')]
+def _eval_accuracy(records: Sequence[dict[str, Any]], step: int | None = None) -> float | None:
+  """The evaluation accuracy logged at ``step`` (default: the last one logged)."""
+  evaluations = [r for r in records if 'eval_accuracy' in r and not r.get('summary')
+                 and (step is None or r.get('step') == step)]
   return float(evaluations[-1]['eval_accuracy']) if evaluations else None
 
 
@@ -216,8 +223,13 @@ def format_summary(summary: dict[str, Any]) -> str:
       + (f", method {summary['method']}" if summary['method'] else '')
       + f", checkpoint {summary['checkpoint']}",
       f"input {_shape_text(summary['input_shape'])}; {summary['images_inspected']} evaluation "
-      'images inspected' + (f"; last evaluation accuracy {summary['final_eval_accuracy']:.4f}"
-                            if summary['final_eval_accuracy'] is not None else ''),
+      'images inspected',
+      'evaluation accuracy: ' + ', '.join(
+          f'{label} {value:.4f}' for label, value in (
+              (f"at the checkpoint (step {summary['checkpoint_step']})",
+               summary['checkpoint_eval_accuracy']),
+              ('last logged', summary['final_eval_accuracy'])) if value is not None)
+      if summary['final_eval_accuracy'] is not None else 'evaluation accuracy: none logged',
       '',
       f"{'layer':<26} {'kernel':>14} {'output':>11} {'weights':>12} {'activations':>12} "
       f"{'MACs':>12} {'BOPs':>15} {'H(act)':>7} {'H(w)':>7}",

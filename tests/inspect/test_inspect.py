@@ -84,7 +84,7 @@ def _hand_counted_cost(bits):
 
 def test_w2a2_run_writes_figures_and_a_summary_with_hand_counted_costs(
     default_run, w2a2_inspection):
-  workdir, _ = default_run
+  workdir, summaries = default_run
   out_dir, summary, printed = w2a2_inspection
   assert (out_dir / 'summary.txt').read_text() == printed == summary['text']
   assert summary['figures'] == ['thresholds.png', 'occupancy.png', 'curves.png']
@@ -94,6 +94,8 @@ def test_w2a2_run_writes_figures_and_a_summary_with_hand_counted_costs(
   assert summary['model'] == 'small_cnn' and summary['variant'] == 'w2a2'
   assert summary['images_inspected'] == BATCHES * BATCH_SIZE
   assert summary['checkpoint'].endswith(f"best@{_best_step(workdir / 'w2a2')}")
+  assert summary['checkpoint_step'] == _best_step(workdir / 'w2a2')
+  assert summary['checkpoint_eval_accuracy'] == summaries['w2a2']['best_eval_accuracy']
 
   macs, bops, values, quantized_weights, quantized_bytes = _hand_counted_cost(2)
   layers = {row['name']: row for row in summary['layers']}

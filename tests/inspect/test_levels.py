@@ -89,3 +89,10 @@ def test_level_counts_include_unused_levels():
 def test_not_a_quantizer_is_a_clear_error():
   with pytest.raises(ValueError, match='RPReLU is not an activation quantizer'):
     levels.activation_family(nn.RPReLU(4))
+
+
+def test_initial_thresholds_are_uniform_midpoints():
+  # SPEC 2.1: offset 0, intervals Delta = 2 / K, so T_i = (i - 1/2) Delta
+  np.testing.assert_allclose(levels.initial_thresholds(nn.N2UQActivation(2)),
+                             [1 / 3, 1.0, 5 / 3], rtol=1e-6)
+  assert levels.initial_thresholds(nn.DoReFaActivation(2)) is None
