@@ -48,14 +48,51 @@ def quantized_layers(model: nnx.Module) -> dict[str, Any]:
           if isinstance(node, LAYER_TYPES)}
 
 
-def _recording_class(base, record):
+class _Recorder:
+  """Collects, during one traced forward pass, the records of the layers it was given
+  (by object id) and, into ``shapes``, every layer's :class:`LayerShape`."""
+
+  def __init__(self, names: dict[int, str], shapes: dict[str, LayerShape], valid: jax.Array,
+               key: jax.Array, samples: int):
+    self.names, self.shapes, self.valid, self.key, self.samples = (
+        names, shapes, valid, key, samples)
+    self.records: dict[str, dict[str, jax.Array]] = {}
+
+  def layer_input(self, layer, x: jax.Array) -> None:
+    """Level counts, input samples and thresholds of ``layer``'s input quantizer."""
+    quantizer = layer.input_quantizer
+    if quantizer is None:
+      return
+    name = self.names[id(layer)]
+    if not isinstance(quantizer, levels_lib.ACTIVATION_MODULES):
+      raise ValueError(f'layer {name}: no level rule for {type(quantizer).__name__}')
+    codes = levels_lib.activation_levels(quantizer, x, quantizer(x))
+    weights = jnp.broadcast_to(self.valid.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
+    counts = jnp.zeros((2 ** quantizer.bits,), jnp.float32).at[codes.reshape(-1)].add(
+        weights.reshape(-1))
+    row_key, column_key = jax.random.split(jax.random.fold_in(self.key, len(self.records)))
+    rows = jax.random.choice(row_key, x.shape[0], (self.samples,),
+                             p=self.valid / jnp.sum(self.valid))
+    columns = jax.random.randint(column_key, (self.samples,), 0, x[0].size)
+    self.records[name] = {
+        'counts': counts,
+        'samples': x.reshape(x.shape[0], -1)[rows, columns].astype(jnp.float32),
+        'thresholds': levels_lib.decision_thresholds(quantizer).astype(jnp.float32),
+    }
+
+  def layer_output(self, layer, y: jax.Array) -> None:
+    self.shapes[self.names[id(layer)]] = LayerShape(
+        'conv' if isinstance(layer, nn.QuantConv) else 'dense', tuple(layer.kernel.shape),
+        tuple(y.shape[1:]))
+
+
+def _recording_class(base, recorder: _Recorder):
+  """A subclass of the layer class ``base`` whose calls report to ``recorder``."""
   class Recording(base):  # pylint: disable=missing-class-docstring
     def __call__(self, x):
-      record(self, x)
+      recorder.layer_input(self, x)
       y = super().__call__(x)
-      record.shapes[record.names[id(self)]] = LayerShape(
-          'conv' if isinstance(self, nn.QuantConv) else 'dense',
-          tuple(self.kernel.shape), tuple(y.shape[1:]))
+      recorder.layer_output(self, y)
       return y
   Recording.__name__ = f'Recording{base.__name__}'
   return Recording
@@ -63,7 +100,8 @@ def _recording_class(base, record):
 
 def make_capture_fn(model_def, *, samples: int) -> tuple[Callable, dict[str, LayerShape]]:
   """A jitted ``(params, model_state, images, mask, key) -> records`` and the dict of
-  :class:`LayerShape` by layer name that its first call fills.
+  :class:`LayerShape` by layer name (in the order the forward pass runs the layers)
+  that its first call fills.
 
   Args:
     model_def: the model's :class:`n2uq_jax.train.step.ModelDef`.
@@ -80,38 +118,15 @@ def make_capture_fn(model_def, *, samples: int) -> tuple[Callable, dict[str, Lay
   def capture(params, model_state, images, mask, key):
     model = model_def.merge(params, model_state, train=False)
     layers = quantized_layers(model)
-    records = {}
-    valid = mask.astype(jnp.float32)
-
-    def record(layer, x):
-      name = record.names[id(layer)]
-      quantizer = layer.input_quantizer
-      if quantizer is None:
-        return
-      if not isinstance(quantizer, levels_lib.ACTIVATION_MODULES):
-        raise ValueError(f'layer {name}: no level rule for {type(quantizer).__name__}')
-      codes = levels_lib.activation_levels(quantizer, x, quantizer(x))
-      weights = jnp.broadcast_to(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x.shape)
-      counts = jnp.zeros((2 ** quantizer.bits,), jnp.float32).at[codes.reshape(-1)].add(
-          weights.reshape(-1))
-      row_key, column_key = jax.random.split(jax.random.fold_in(key, len(records)))
-      rows = jax.random.choice(row_key, x.shape[0], (samples,), p=valid / jnp.sum(valid))
-      columns = jax.random.randint(column_key, (samples,), 0, x[0].size)
-      records[name] = {
-          'counts': counts,
-          'samples': x.reshape(x.shape[0], -1)[rows, columns].astype(jnp.float32),
-          'thresholds': levels_lib.decision_thresholds(quantizer).astype(jnp.float32),
-      }
-
-    record.names = {id(node): name for name, node in layers.items()}
-    record.shapes = shapes
+    recorder = _Recorder({id(node): name for name, node in layers.items()}, shapes,
+                         mask.astype(jnp.float32), key, samples)
     classes = {}
     for node in layers.values():
       base = type(node)
       if base not in classes:
-        classes[base] = _recording_class(base, record)
+        classes[base] = _recording_class(base, recorder)
       node.__class__ = classes[base]
     model(images)
-    return records
+    return recorder.records
 
   return jax.jit(capture), shapes

@@ -53,7 +53,6 @@ def _capture(model, pipeline, *, num_batches: int, samples: int, seed: int):
   of valid images seen.
   """
   model_def, params, model_state = step_lib.split_model(model)
-  model.eval()
   capture_fn, shapes = capture_lib.make_capture_fn(model_def, samples=samples)
   key = jax.random.key(seed)
   totals: dict[str, dict[str, Any]] = {}
