@@ -3,9 +3,12 @@ their learned parameters, into the ops of any Flax (NNX or Linen) model.
 
 Qwix intercepts ``jax.lax.conv_general_dilated``, ``jax.lax.dot_general`` and
 ``jax.numpy.einsum`` while the quantized model runs; this provider also takes
-``jax.numpy.dot`` and ``jax.numpy.matmul``, which reach ``dot_general`` inside
-their own ``jit`` (whose cache would otherwise keep a product traced without, or
-with, the quantizers). For an op of a module that a rule matches:
+``jax.numpy.dot``, ``jax.numpy.matmul`` and the ``@`` operator, which reach
+``dot_general`` inside their own ``jit``, whose cache would otherwise replay a
+product traced without the quantizers (or keep one traced with them). Other
+jitted library functions that contract a weight inside their own ``jit``
+(``jnp.tensordot``, ``jnp.inner``) are not supported. For an op of a module that
+a rule matches:
 
 - the operand that is a parameter of the module is the weight: it goes through
   the weight quantizer (N2UQ: per output channel, the axes the op does not
@@ -63,6 +66,8 @@ class N2UQProvider(qwix.QuantizationProvider):
         'jax.numpy.einsum': self.einsum,
         'jax.numpy.dot': self.dot,
         'jax.numpy.matmul': self.matmul,
+        # The `@` operator of jax arrays looks matmul up here.
+        'jax._src.numpy.tensor_contractions.matmul': self.matmul,
     }
 
   # -- conv ---------------------------------------------------------------------

@@ -244,6 +244,29 @@ def test_einsum_weight_per_output_channel_and_activation_products_in_float():
   assert not hasattr(quantized, 'einsum1_act_offset')
 
 
+class Operator(nnx.Module):
+  """A product written with the ``@`` operator, weight on the right."""
+
+  def __init__(self, rngs):
+    self.w = nnx.Param(jax.random.normal(rngs.params(), (6, 4)))
+
+  def __call__(self, x):
+    return x @ self.w[...]
+
+
+def test_matmul_operator_is_quantized_even_when_traced_in_float_before():
+  x = _input((5, 6))
+  model = Operator(nnx.Rngs(0))
+  float_output = x @ model.w[...]             # jnp.matmul's jit cache now holds a float trace
+  quantized = qwix.quantize_model(model, N2UQProvider([N2UQRule(weight_bits=2, act_bits=2)]), x)
+  want = (quant.n2uq_activation(x, *quant.init_n2uq_activation(2), bits=2)
+          @ quant.n2uq_weight(model.w[...], bits=2))
+  np.testing.assert_allclose(quantized(x), want, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(nnx.jit(lambda m, x: m(x))(quantized, x), want, rtol=1e-6,
+                             atol=1e-6)
+  np.testing.assert_allclose(model(x), float_output, rtol=1e-6)   # and back in float
+
+
 def test_rule_errors():
   with pytest.raises(ValueError, match='act_method'):
     N2UQRule(weight_bits=2, act_bits=2, act_method='relu')
