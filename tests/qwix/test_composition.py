@@ -13,6 +13,7 @@ from flax import linen, nnx
 
 from n2uq_jax import nn, quant
 from n2uq_jax.qwix import N2UQProvider, N2UQRule
+from n2uq_jax.train import optimizer
 
 N2UQ_FIELDS = ('offset', 'intervals', 'input_scale', 'output_scale')
 
@@ -142,6 +143,10 @@ def test_quantizer_params_are_created_on_the_intercepted_modules():
   plain = [p for p, v in nnx.to_flat_state(nnx.state(quantized, nnx.Param))
            if not isinstance(v, nn.QuantizerParam)]
   assert len(plain) == 6
+  # so the recipe's optimizer groups put exactly them at a tenth of the learning rate
+  labels = optimizer.labels_by_name(optimizer.param_labels(quantized))
+  assert sorted(k for k, v in labels.items() if v == optimizer.QUANTIZER) == [
+      n.replace('/', '.') for n in names]
 
 
 def test_gradients_reach_every_threshold_parameter():
