@@ -30,10 +30,15 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 import qwix
+from qwix._src import interception
 from qwix._src.utils import flax_util
 
 from n2uq_jax.qwix import operands
 from n2uq_jax.qwix.rule import N2UQRule
+
+
+_OPERATOR_MATMUL = 'jax._src.numpy.tensor_contractions.matmul'
+"""Where the ``@`` operator of jax arrays looks ``matmul`` up at each call."""
 
 
 class N2UQProvider(qwix.QuantizationProvider):
@@ -46,13 +51,12 @@ class N2UQProvider(qwix.QuantizationProvider):
 
   Args:
     rules: :class:`N2UQRule` s in order of precedence (the first match wins).
-    disable_jit: passed to ``qwix.QuantizationProvider``.
   """
 
-  def __init__(self, rules: Sequence[N2UQRule], *, disable_jit: bool = False):
+  def __init__(self, rules: Sequence[N2UQRule]):
     if isinstance(rules, N2UQRule) or not isinstance(rules, Sequence):
       raise ValueError(f'rules must be a sequence of N2UQRule, got {rules!r}')
-    super().__init__(rules, disable_jit=disable_jit)
+    super().__init__(rules)
 
   def _init_rule(self, rule):
     if not isinstance(rule, N2UQRule):
@@ -66,9 +70,8 @@ class N2UQProvider(qwix.QuantizationProvider):
         'jax.numpy.einsum': self.einsum,
         'jax.numpy.dot': self.dot,
         'jax.numpy.matmul': self.matmul,
-        # The `@` operator of jax arrays looks matmul up here.
-        'jax._src.numpy.tensor_contractions.matmul': self.matmul,
-    }
+    } | ({_OPERATOR_MATMUL: self.matmul} if interception.has_attribute(_OPERATOR_MATMUL)
+         else {})
 
   # -- conv ---------------------------------------------------------------------
 

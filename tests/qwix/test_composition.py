@@ -285,3 +285,16 @@ def test_rule_errors():
     N2UQRule('(', weight_bits=2, act_bits=2)
   with pytest.raises(ValueError, match='N2UQRule'):
     N2UQProvider([qwix.QtRule(weight_qtype=jnp.int8)])
+  with pytest.raises(ValueError, match='sequence'):
+    N2UQProvider(N2UQRule(weight_bits=2, act_bits=2))
+
+
+def test_first_matching_rule_wins():
+  x = _input((5, 6))
+  rules = [N2UQRule('fc1', weight_bits=2, act_bits=2, act_method='pact'),
+           N2UQRule('.*', weight_bits=2, act_bits=2, op_names=('dot_general',))]
+  quantized = qwix.quantize_model(MLP(nnx.Rngs(0)), N2UQProvider(rules), x)
+  names = {'/'.join(map(str, p)) for p, _ in
+           nnx.to_flat_state(nnx.state(quantized, nn.QuantizerParam))}
+  assert names == ({'fc1/dot_general0_act_alpha'}
+                   | {f'{m}/dot_general0_act_{f}' for m in ('fc2', 'head') for f in N2UQ_FIELDS})
