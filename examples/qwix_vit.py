@@ -4,7 +4,8 @@ through Qwix (``n2uq_jax.qwix``), initialised from the full-precision weights.
 
 Data: the 8x8 digits embedded in the package (the default data pipeline), or
 CIFAR-10 image folders with ``--data_dir=DIR`` (``DIR/train/<class>/*.jpg`` and
-``DIR/test/...``). Prints the two test accuracies and the ratio of the
+``DIR/test/...``, or ``--validation_fraction=0.1`` to evaluate on a held-out part
+of ``train/``). Prints the two test accuracies and the ratio of the
 quantized to the float training-step time.
 
     python examples/qwix_vit.py                       # digits, a few minutes on 2 cores
@@ -144,6 +145,8 @@ def train(model, pipeline, *, epochs: int, learning_rate: float, label: str):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--data_dir', default='', help='CIFAR-10 image folders (default: digits)')
+  parser.add_argument('--validation_fraction', type=float, default=0.0,
+                      help='evaluate on this fraction of the training folder instead of test/')
   parser.add_argument('--fp_epochs', type=int, default=30)
   parser.add_argument('--qat_epochs', type=int, default=15)
   parser.add_argument('--batch_size', type=int, default=64)
@@ -155,7 +158,8 @@ def main():
   config = data.default_config()
   if args.data_dir:
     config.update(source='folder', name='cifar10', data_dir=args.data_dir, image_size=32,
-                  transform='cifar', mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7))
+                  transform='cifar', mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7),
+                  validation_fraction=args.validation_fraction)
   pipeline = data.create_pipeline(config, per_host_batch_size=args.batch_size, seed=0)
   height, _, channels = pipeline.image_shape
   patch = 2 if height <= 8 else 4
