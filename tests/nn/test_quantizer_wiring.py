@@ -43,13 +43,14 @@ def test_n2uq_conv_at_random_parameters(bits, groups, strides):
 
   raw = (conv.kernel[...], *raw_n2uq_params(conv.input_quantizer))
   want = pure(x, *raw)
-  want_grads = jax.grad(lambda *a: jnp.sum(pure(*a) * upstream), argnums=range(6))(x, *raw)
+  want_grads = jax.jit(jax.grad(lambda *a: jnp.sum(pure(*a) * upstream), argnums=range(6)))(
+      x, *raw)
 
   def loss(layer, x):
     return jnp.sum(layer(x) * upstream)
 
   np.testing.assert_allclose(conv(x), want, rtol=1e-6, atol=1e-6)
-  layer_grads, dx = nnx.grad(loss, argnums=(0, 1))(conv, x)
+  layer_grads, dx = nnx.jit(nnx.grad(loss, argnums=(0, 1)))(conv, x)
   got_grads = (dx, layer_grads.kernel[...],
                *raw_n2uq_params(layer_grads.input_quantizer))
   for name, g, w in zip(('x', 'kernel', 'offset', 'intervals', 'input_scale', 'output_scale'),
@@ -76,7 +77,7 @@ def test_n2uq_dense_matches_numpy_reference(x64):
 
   np.testing.assert_allclose(dense(jnp.asarray(x)), x_q @ w_q + np.asarray(dense.bias[...]),
                              rtol=1e-12, atol=1e-12)
-  grads, got_dx = nnx.grad(lambda m, x: jnp.sum(m(x) * upstream), argnums=(0, 1))(
+  grads, got_dx = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) * upstream), argnums=(0, 1)))(
       dense, jnp.asarray(x))
   got = raw_n2uq_params(grads.input_quantizer)
   np.testing.assert_allclose(got_dx, dx, rtol=1e-10, atol=1e-12)
@@ -127,7 +128,8 @@ def test_baseline_activation_modules_match_pure_functions(family, values, pure):
   upstream = _input(x.shape, seed=4)
   params = {name: jnp.asarray(v, jnp.float32) for name, v in values.items()}
   np.testing.assert_array_equal(quantizer(x), pure(x, params))
-  grads, dx = nnx.grad(lambda m, x: jnp.sum(m(x) * upstream), argnums=(0, 1))(quantizer, x)
+  grads, dx = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) * upstream), argnums=(0, 1)))(
+      quantizer, x)
   want_dx, want_params = jax.grad(lambda x, p: jnp.sum(pure(x, p) * upstream),
                                   argnums=(0, 1))(x, params)
   np.testing.assert_allclose(dx, want_dx, rtol=1e-6, atol=1e-6)
