@@ -1,7 +1,8 @@
 """``best/`` keeps exactly the best-scoring evaluation's model, survives the
 rotation of ``checkpoints/``, and checkpoint paths (a run directory, a manager
 directory, ``DIR@STEP``) resolve as :func:`resolve_model_checkpoint` documents.
-Run with synchronous and asynchronous saving."""
+Run with synchronous and asynchronous saving (where ``save_best`` right after a
+save once read the metrics of a best checkpoint still being written)."""
 
 import os
 
@@ -54,6 +55,10 @@ def test_best_keeps_the_best_evaluation_through_rotation(tmp_path, async_save):
   assert ckpt.best_accuracy() == pytest.approx(0.7)
   restored, data_state, latest = ckpt.restore(checkpoint_lib.abstract(_state(0)))
   ckpt.close()
+  reopened = checkpoint_lib.Checkpointer(workdir, keep=2, async_save=async_save)
+  assert reopened.best_accuracy() == pytest.approx(0.7)          # as a resumed run reads it
+  assert not reopened.save_best(7, _state(7), 0.65)
+  reopened.close()
 
   assert _steps(os.path.join(workdir, 'checkpoints')) == [5, 6]   # rotated
   assert _steps(os.path.join(workdir, 'best')) == [3]             # survived the rotation
