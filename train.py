@@ -32,14 +32,15 @@ _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'conf
 _USAGE_ERROR_STATUS = 2
 
 
-def _define_flags(argv: list[str]) -> None:
+def define_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Defines ``--config`` (which reads its ``--config.FIELD`` overrides from ``argv``)
-  and ``--workdir``."""
+  and ``--workdir`` in ``flag_values``; parse ``argv`` with ``flag_values(argv)``."""
   config_flags.DEFINE_config_file(
       'config', _DEFAULT_CONFIG,
       'Training config file, with an optional ":ARG" (e.g. configs/imagenet_resnet18.py:w2a2).',
-      lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, 'Run directory (default: ./workdir/<config file name>).')
+      flag_values=flag_values, lock_config=True, sys_argv=argv)
+  flags.DEFINE_string('workdir', None, 'Run directory (default: ./workdir/<config file name>).',
+                      flag_values=flag_values)
 
 
 def _default_workdir() -> str:
@@ -129,7 +130,7 @@ def cli(argv: list[str] | None = None) -> None:
   """The command line: defines the flags for ``argv`` and runs :func:`main`."""
   argv = list(sys.argv if argv is None else argv)
   try:
-    _define_flags(argv)
+    define_flags(argv)
   except (KeyError, AttributeError, ValueError, flags.Error) as error:  # an unknown field
     _fail(error, argv)
   app.run(main, argv=argv, flags_parser=_parse_flags)

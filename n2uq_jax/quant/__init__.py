@@ -24,6 +24,7 @@ from n2uq_jax.quant.baselines import (
     pact_activation_n2uq_mbv2,
     uniform_quantize,
 )
+from n2uq_jax.quant.signed import init_n2uq_activation_signed, n2uq_activation_signed
 from n2uq_jax.quant.weight import (
     entropy_preserving_gamma,
     n2uq_weight,

@@ -105,6 +105,9 @@ class Checkpointer:
             max_to_keep=1, best_fn=lambda m: m['eval_accuracy'], best_mode='max',
             keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
             create=True))
+    # Read once, while no save is in flight: with asynchronous saving the metrics
+    # of a best checkpoint still being written are not yet readable.
+    self._best_accuracy = self._saved_best_accuracy()
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -134,16 +137,20 @@ class Checkpointer:
         model_state=restored['model']['model_state'], opt_state=restored['train']['opt_state'])
     return state, restored['data'], step
 
-  def best_accuracy(self) -> float | None:
+  def _saved_best_accuracy(self) -> float | None:
     step = self.best.best_step()
     if step is None:
       return None
     metrics = self.best.metrics(step)
     return None if metrics is None else float(metrics['eval_accuracy'])
 
+  def best_accuracy(self) -> float | None:
+    """The accuracy of the model in ``best/`` (``None`` before the first save)."""
+    return self._best_accuracy
+
   def save_best(self, step: int, state, eval_accuracy: float, info: dict | None = None) -> bool:
     """Saves the model into ``best/`` when ``eval_accuracy`` beats the best so far."""
-    best = self.best_accuracy()
+    best = self._best_accuracy
     if best is not None and eval_accuracy <= best:
       return False
     if step in (self.best.all_steps() or []):
@@ -153,6 +160,7 @@ class Checkpointer:
         info=ocp.args.JsonSave({'step': int(step), 'eval_accuracy': float(eval_accuracy),
                                 **(info or {})})),
                    metrics={'eval_accuracy': float(eval_accuracy)}, force=True)
+    self._best_accuracy = float(eval_accuracy)
     return True
 
   def wait(self) -> None:

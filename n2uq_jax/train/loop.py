@@ -75,8 +75,9 @@ def _check_workdir_config(workdir: str, config) -> None:
           f'workdir {workdir!r} holds a run with a different config; refusing to overwrite '
           'it. Differences: ' + '; '.join(diffs) + '. To train a finished run further (more '
           'steps or epochs change its schedule), start a new workdir from it: '
-          f'--workdir=NEW_DIR --config.init_checkpoint={workdir} (its latest checkpoint; '
-          f'DIR@STEP for another). Or use another --workdir, or delete this one to start over.')
+          f'--workdir=NEW_DIR --config.init_checkpoint={workdir} (its best checkpoint, '
+          'quantizer parameters included; DIR@STEP for another step). Or use another '
+          '--workdir, or delete this one to start over.')
   elif jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(path, 'w', encoding='utf-8') as f:
@@ -93,10 +94,33 @@ def build_model(name: str, variant: config_lib.Variant | None, *, num_classes: i
                              in_channels=in_channels, **(kwargs or {}))
 
 
+def _source_run_model(path: str) -> tuple[str, config_lib.Variant, dict[str, Any]] | None:
+  """``(model name, variant, model kwargs)`` of the run that wrote the checkpoint at
+  ``path`` (a run directory, its ``best``/``checkpoints`` manager, either with
+  ``@STEP``), read from the run's ``config.json``; None when there is none (a bare
+  model checkpoint, which then holds a full-precision model)."""
+  directory = os.path.abspath(os.path.expanduser(path.rpartition('@')[0] if '@' in
+                                                 os.path.basename(path) else path))
+  for run_dir in (directory, os.path.dirname(directory)):
+    config_path = os.path.join(run_dir, 'config.json')
+    if os.path.isfile(config_path):
+      with open(config_path, encoding='utf-8') as f:
+        stored = json.load(f)
+      variant = config_lib.parse_variant(stored['variants'], stored['method'])
+      kwargs = stored.get('fp_model_kwargs' if variant.is_full_precision else 'model_kwargs')
+      name = stored['fp_model'] if variant.is_full_precision else stored['model']
+      return name, variant, dict(kwargs or {})
+  return None
+
+
 def _restore_fp_model(path: str, name: str, *, num_classes: int, in_channels: int,
                       compute_dtype, mesh) -> tuple[step_lib.ModelDef, Any, Any, str]:
+  """The model of a checkpoint: for ``torchvision:PATH`` / ``n2uq-official:PATH`` the
+  PyTorch model of ``name``'s architecture (``n2uq_jax.interop.checkpoints``); else
+  built as its run's ``config.json`` describes it (so a quantized run restores with
+  its quantizer parameters), else as the full-precision ``name``."""
   replicated = sharding.replicated(mesh)
-  if interop_checkpoints.parse(path) is not None:  # torchvision:PATH, n2uq-official:PATH
+  if interop_checkpoints.parse(path) is not None:
     if in_channels != 3:
       raise ValueError(f'{path!r} holds a model of RGB images, but the data has {in_channels} '
                        'channels')
@@ -105,10 +129,14 @@ def _restore_fp_model(path: str, name: str, *, num_classes: int, in_channels: in
     model_def, params, model_state = step_lib.split_model(model)
     params, model_state = jax.device_put((params, model_state), replicated)
     return model_def, params, model_state, path
+  variant, kwargs = None, {}
+  source = _source_run_model(path)
+  if source is not None and not source[1].is_full_precision:
+    name, variant, kwargs = source
   # Abstract: the restore provides every value, so nothing is initialised.
-  model = nnx.eval_shape(lambda: build_model(name, None, num_classes=num_classes,
+  model = nnx.eval_shape(lambda: build_model(name, variant, num_classes=num_classes,
                                              in_channels=in_channels, seed=0,
-                                             compute_dtype=compute_dtype))
+                                             compute_dtype=compute_dtype, kwargs=kwargs))
   model_def, params, model_state = step_lib.split_model(model)
   abstract = lambda tree: checkpoint_lib.abstract(tree, jax.tree.map(lambda _: replicated, tree))
   params, model_state, where = checkpoint_lib.restore_model(path, abstract(params),

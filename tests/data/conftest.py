@@ -1,5 +1,6 @@
-"""Fixtures of the data tests: real CIFAR-10 JPEGs unpacked from the shared tarball,
-larger JPEGs written from them, and a tfds dataset prepared from them as array_record."""
+"""Fixtures of the data tests: CIFAR-10 JPEGs unpacked from the shared tarball (or,
+where it is absent, from a tarball of generated JPEGs in the same layout), larger JPEGs
+written from them, and a tfds dataset prepared from them as array_record."""
 
 import io
 import os
@@ -9,27 +10,35 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from tests.data import generated_cifar
+
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CIFAR_TARBALL = os.path.join(
     os.path.dirname(REPOSITORY), "shared", "datasets", "cifar10", "train.tar.gz"
 )
-FILES_PER_CLASS = 12  # 120 real JPEGs: enough for every test, quick to unpack
+FILES_PER_CLASS = 12  # 120 JPEGs: enough for every test, quick to unpack
+
+
+GENERATED = "generated"
+"""``N2UQ_CIFAR10_TARBALL=generated`` uses the generated JPEGs even where the real
+tarball exists."""
 
 
 @pytest.fixture(scope="session")
-def cifar_tarball():
-  """The CIFAR-10 training tarball (cifar10/train/<class>/<NNNN>.jpg), or skip."""
+def cifar_tarball(tmp_path_factory):
+  """The CIFAR-10 training tarball (cifar10/train/<class>/<NNNN>.jpg) at
+  N2UQ_CIFAR10_TARBALL or ../shared/datasets/cifar10/train.tar.gz; where there is
+  none, a tarball of generated JPEGs with the same layout and class names."""
   path = os.environ.get("N2UQ_CIFAR10_TARBALL", CIFAR_TARBALL)
-  if not os.path.isfile(path):
-    pytest.skip(
-        f"CIFAR-10 JPEG tarball not found at {path}; set N2UQ_CIFAR10_TARBALL to its path"
-    )
-  return path
+  if path != GENERATED and os.path.isfile(path):
+    return path
+  return generated_cifar.write_tarball(
+      str(tmp_path_factory.mktemp("generated_cifar10") / "train.tar.gz"), FILES_PER_CLASS)
 
 
 @pytest.fixture(scope="session")
 def cifar_folder(cifar_tarball, tmp_path_factory):
-  """An image folder root/train/<class>/<file>.jpg with the first FILES_PER_CLASS real
+  """An image folder root/train/<class>/<file>.jpg with the first FILES_PER_CLASS
   CIFAR-10 JPEGs (32x32) of each of the 10 classes."""
   root = tmp_path_factory.mktemp("cifar10")
   taken = {}
@@ -61,7 +70,7 @@ def cifar_files(root):
 
 @pytest.fixture(scope="session")
 def large_jpegs(cifar_folder, tmp_path_factory):
-  """ImageNet-sized and larger JPEGs upscaled from real CIFAR-10 images:
+  """ImageNet-sized and larger JPEGs upscaled from CIFAR-10 images:
   {name: encoded bytes} with 500x375, 375x500 and 1600x1200 colour images, a grey
   640x480 JPEG, a CMYK 400x300 JPEG and a 300x200 PNG."""
   files = cifar_files(cifar_folder)
@@ -84,7 +93,7 @@ def large_jpegs(cifar_folder, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tfds_cifar(cifar_folder, tmp_path_factory):
-  """A tfds dataset prepared inside the test as array_record from the real CIFAR JPEGs:
+  """A tfds dataset prepared inside the test as array_record from the CIFAR JPEGs:
   (name, data_dir, {split: [(jpeg bytes, label), ...]}) with 80 train and 40 test
   examples. Building it needs no TensorFlow and no network."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -98,7 +107,7 @@ def tfds_cifar(cifar_folder, tmp_path_factory):
   splits = {"train": examples[0::3] + examples[1::3], "test": examples[2::3]}
 
   class N2uqTestCifar(tfds.core.GeneratorBasedBuilder):
-    """Real CIFAR-10 JPEGs stored through tfds (test fixture)."""
+    """CIFAR-10 JPEGs stored through tfds (test fixture)."""
 
     VERSION = tfds.core.Version("1.0.0")
 

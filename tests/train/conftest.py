@@ -23,8 +23,8 @@ def compilation_cache(tmp_path_factory):
 
 @pytest.fixture
 def quiet_config():
-  """Options shared by the test runs: no progress bar, no TensorBoard, synchronous
-  checkpoints."""
+  """Options shared by the test runs: no progress bar, no TensorBoard, asynchronous
+  checkpoints (test_lowered_step.py runs the synchronous path)."""
   def apply(config, **overrides):
     config.progress_bar = False
     config.tensorboard = False
