@@ -20,6 +20,7 @@ import PIL.Image
 import pytest
 from absl import flags
 
+from n2uq_jax.interop import checkpoints as interop_checkpoints
 from n2uq_jax.train import config_lib, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -77,7 +78,11 @@ def _substitute(command: str, paths: dict[str, str], tmp_path) -> list[str]:
   for arg in argv:
     name, sep, value = arg.partition('=')
     if sep and name in PATH_FLAGS:
-      value = paths.get(value, str(tmp_path / re.sub(r'[^A-Za-z0-9_.]', '_', value)))
+      prefix, path = '', value
+      if interop_checkpoints.parse(value):  # torchvision:PATH keeps its prefix
+        fmt, path = interop_checkpoints.parse(value)
+        prefix = fmt + ':'
+      value = prefix + paths.get(path, str(tmp_path / re.sub(r'[^A-Za-z0-9_.]', '_', path)))
     out.append(f'{name}{sep}{value}' if sep else arg)
   return out
 
