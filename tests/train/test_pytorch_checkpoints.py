@@ -1,6 +1,7 @@
 """The ImageNet recipe from PyTorch weights: ``init_checkpoint`` and
 ``teacher_checkpoint`` as ``torchvision:PATH`` (checkpoints written here), one W2A2
-ResNet-18 step on mock data; and the config checks of the prefixed form."""
+ResNet-18 step on mock data, then the trained model out to the official code's
+layout; and the config checks of the prefixed form."""
 
 import math
 
@@ -8,12 +9,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from n2uq_jax import interop
+from n2uq_jax.inspect import run_model
 from n2uq_jax.train import config_lib, loop, metrics
 from tests.train.mock_data import MockPipeline
 from tests.train.test_configs import load
 
 torch = pytest.importorskip('torch')
 torchvision = pytest.importorskip('torchvision')
+from tests.interop import official_reference  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def save_torchvision(path, arch, seed):
@@ -58,6 +62,20 @@ def test_w2a2_resnet18_step_from_torchvision_init_and_teacher(tmp_path, quiet_co
     want = init[key].transpose(2, 3, 1, 0)
     assert np.max(np.abs(np.asarray(value) - want)) <= step, path
   assert not np.array_equal(np.asarray(params['fc']['kernel']), init['fc.weight'].T)
+
+  # The trained model out to the official code's layout (the README's evaluation path).
+  model, _ = run_model.load_model(str(run_dir), run_model.read_config(str(run_dir)),
+                                  num_classes=10, in_channels=3)
+  state = interop.to_official_n2uq_state_dict(model)
+  official = official_reference.OfficialLayoutResNet(
+      (2, 2, 2, 2), bottleneck=False, bits=2, quantize_downsample=True, num_classes=10)
+  result = official.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()},
+                                    strict=False)
+  assert result.unexpected_keys == []
+  assert {k.rsplit('.', 1)[1] for k in result.missing_keys} == set(official_reference.CONSTANTS)
+  np.testing.assert_array_equal(official.layer1[0].conv1.weight.detach().numpy(),
+                                np.asarray(params['layer1']['0']['conv1']['kernel']).transpose(
+                                    3, 2, 0, 1))
 
 
 @pytest.mark.parametrize('field,value,model,match', [
