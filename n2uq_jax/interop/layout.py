@@ -91,8 +91,10 @@ def to_model_array(kind: str, value: np.ndarray) -> np.ndarray:
     return value.transpose(2, 3, 1, 0)
   if kind == DENSE:
     return value.T
-  if kind in (CHANNEL_4D, SCALAR):
-    return value.reshape(-1) if kind == CHANNEL_4D else value.reshape(())
+  if kind == CHANNEL_4D:
+    return value.reshape(-1)
+  if kind == SCALAR:
+    return value.reshape(())
   return value
 
 
