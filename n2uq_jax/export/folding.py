@@ -1,0 +1,105 @@
+"""Integer thresholds on a quantized conv's int32 accumulator (SPEC 8).
+
+Between a quantized conv and the next N2UQ quantizer, without a residual add,
+the next quantizer's input is, per output channel ``c``::
+
+  t = a_c * acc + b_c                 (dequantization and BatchNorm, ``acc`` the int32 sum)
+  u = beta1 * (PReLU_c(t) + bias_out_c) with PReLU_c(t) = t if t > 0 else slope_c * t
+  k = #{i : u > T_i}
+
+``a_c = output_step * weight_scale_c / K_w * bn_scale_c / sqrt(var_c + eps)`` and
+``b_c = bn_bias_c - mean_c * bn_scale_c / sqrt(var_c + eps) + bias_in_c``. With
+``slope_c >= 0`` the map ``acc -> u`` is monotone, so ``u > T_i`` is ``acc > x``
+(increasing) or ``acc < x`` (decreasing) for a real ``x``. On integers
+``acc > x`` is ``acc >= floor(x) + 1`` and ``acc < x`` is ``-acc >= floor(-x) + 1``:
+every channel becomes ``k = #{i : direction_c * acc >= tau_{c,i}}`` with integer
+``tau``. A negative BatchNorm scale (``a_c < 0``) or a negative ``beta1`` flips
+the direction. A negative PReLU slope makes the map non-monotone: that channel
+is marked ``direction 0`` and evaluates the float chain instead (the float
+fallback of SPEC 8). The thresholds are derived in float64; the float32 forward
+of the fake-quantized model can disagree only where ``u`` lies within float32
+rounding of a threshold.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+INT32_LIMIT = 2 ** 31 - 1
+"""Integer thresholds are clipped to ``[-INT32_LIMIT, INT32_LIMIT]``: an
+accumulator never reaches these (``|acc| <= K_a * K_w * fan_in``), so the clipped
+ends mean "always" and "never"."""
+
+DIRECTION_RULES = {1: 'int_ge', -1: 'int_le', 0: 'float'}
+"""The rule of a channel by its direction: ``acc >= tau``, ``-acc >= tau`` (that is,
+``acc <= -tau``), or the float chain."""
+
+
+def accumulator_affine(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias_in):
+  """``(a, b)``, float64 ``(C,)``: ``t = a * acc + b`` is the PReLU input per channel."""
+  mul = np.asarray(bn_scale, np.float64) / np.sqrt(np.asarray(bn_var, np.float64) + epsilon)
+  a = np.asarray(acc_scale, np.float64) * mul
+  b = np.asarray(bn_bias, np.float64) - np.asarray(bn_mean, np.float64) * mul + np.asarray(
+      bias_in, np.float64)
+  return a, b
+
+
+def _integer_above(x: np.ndarray) -> np.ndarray:
+  """``floor(x) + 1`` clipped to the int32 limits (``-inf`` -> always, ``inf`` -> never)."""
+  with np.errstate(invalid='ignore', over='ignore'):
+    out = np.floor(np.clip(x, -float(INT32_LIMIT), float(INT32_LIMIT))) + 1
+  return np.clip(out, -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+
+
+def fold_thresholds(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias_in, slope,
+                    bias_out, input_scale, thresholds):
+  """Integer thresholds of one folded quantizer.
+
+  Args:
+    acc_scale: ``(C,)`` dequantization factor of the accumulator.
+    bn_scale, bn_bias, bn_mean, bn_var: ``(C,)`` BatchNorm in evaluation mode;
+      ``epsilon`` its epsilon.
+    bias_in, slope, bias_out: ``(C,)`` RPReLU.
+    input_scale: ``beta1`` (scalar); thresholds: ``(K,)`` the quantizer's ``T``.
+
+  Returns:
+    ``(tau, direction)``: int32 ``(C, K)`` and int8 ``(C,)`` with
+    ``k = #{i : direction * acc >= tau[:, i]}`` where ``direction != 0``.
+  """
+  a, b = accumulator_affine(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias_in)
+  slope = np.asarray(slope, np.float64)
+  bias_out = np.asarray(bias_out, np.float64)
+  beta1 = float(input_scale)
+  level = np.asarray(thresholds, np.float64)
+  channels, count = a.shape[0], level.shape[0]
+  tau = np.zeros((channels, count), np.int32)
+  direction = np.ones((channels,), np.int8)
+  for c in range(channels):
+    s = slope[c]
+    if s < 0:
+      direction[c] = 0
+      tau[c] = INT32_LIMIT
+      continue
+    if beta1 == 0 or a[c] == 0:
+      t0 = b[c]
+      u0 = beta1 * ((t0 if t0 > 0 else s * t0) + bias_out[c])
+      tau[c] = np.where(u0 > level, -INT32_LIMIT, INT32_LIMIT)
+      continue
+    for i, threshold in enumerate(level):
+      h = threshold / beta1 - bias_out[c]  # condition on PReLU(t) relative to h
+      if beta1 > 0:  # PReLU(t) > h  <=>  t > t_star
+        t_star = h if h >= 0 else (h / s if s > 0 else -np.inf)
+        above = True
+      else:  # PReLU(t) < h  <=>  t < t_star
+        t_star = h if h > 0 else (h / s if s > 0 else -np.inf)
+        above = False
+      x = (t_star - b[c]) / a[c]
+      if a[c] < 0:
+        above = not above
+      if above:  # acc > x
+        tau[c, i] = _integer_above(np.asarray(x))
+        direction[c] = 1
+      else:  # acc < x  <=>  -acc > -x
+        tau[c, i] = _integer_above(np.asarray(-x))
+        direction[c] = -1
+  return tau, direction
