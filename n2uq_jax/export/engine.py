@@ -76,7 +76,7 @@ class IntegerModel:
         q = packing.unpack(t[name], info['bits'], info['shape']).astype(np.int16)
         self._weights[node.name] = (2 * q - (2 ** info['bits'] - 1)).astype(np.int8)
       elif node.op in ('dequantize', 'threshold'):
-        self._weights[node.name + '/acc_scale'] = acc_scale(
+        self._weights[node.output + '/acc_scale'] = acc_scale(
             t, node if node.op == 'dequantize' else _dequant_view(node))
     self.quantized_layers = tuple(n.name for n in graph.nodes if n.op in ('quantize',
                                                                             'threshold'))
@@ -210,12 +210,12 @@ def _run(model: IntegerModel, xp, images):
     elif node.op == 'qconv':
       y = _qconv(xp, model, node, x)
     elif node.op == 'dequantize':
-      y = x.astype(xp.float32) * xp.asarray(model._weights[node.name + '/acc_scale'])
+      y = x.astype(xp.float32) * xp.asarray(model._weights[node.output + '/acc_scale'])
     elif node.op == 'threshold':
       direction = t[ts['direction']].astype(xp.int32)
       y = _count_at_least(xp, x * direction, t[ts['int_thresholds']])
       if bool(np.any(model.graph.tensors[ts['direction']] == 0)):
-        f = x.astype(xp.float32) * xp.asarray(model._weights[node.name + '/acc_scale'])
+        f = x.astype(xp.float32) * xp.asarray(model._weights[node.output + '/acc_scale'])
         bn = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('batch_norm.')}
         act = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('rprelu.')}
         f = _rprelu(xp, _batch_norm(xp, f, t, bn, a['epsilon']), t, act)

@@ -1,0 +1,65 @@
+"""Every N2UQ registry model exports and its integer engines (NumPy, JAX twin,
+onnxruntime) reproduce the fake-quantized model, at small image sizes, with random
+parameters that exercise every threshold rule (SPEC 8)."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from n2uq_jax import export, models
+from n2uq_jax.train import config_lib
+from tests.export.helpers import randomize
+
+ort = pytest.importorskip('onnxruntime')
+
+CASES = [
+    ('small_cnn', {}, 2, 8, 1),
+    ('cifar_resnet20', {}, 2, 16, 3),
+    ('resnet18', {'quantize_downsample': True}, 2, 32, 3),
+    ('resnet18', {'quantize_downsample': False}, 3, 32, 3),
+    pytest.param('resnet34', {'quantize_downsample': True}, 2, 32, 3, marks=pytest.mark.slow),
+    pytest.param('resnet50', {'quantize_downsample': True}, 2, 32, 3, marks=pytest.mark.slow),
+    pytest.param('resnet50', {'quantize_downsample': False}, 2, 32, 3, marks=pytest.mark.slow),
+    pytest.param('mobilenet_v2', {}, 4, 32, 3, marks=pytest.mark.slow),
+]
+
+
+def _relative(a, b):
+  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize('name,kwargs,bits,size,channels', CASES)
+def test_registry_model_exports_and_matches(tmp_path, name, kwargs, bits, size, channels):
+  policy = config_lib.quant_policy(config_lib.parse_variant(f'w{bits}a{bits}'))
+  model = models.create_model(name, num_classes=10, policy=policy, rngs=nnx.Rngs(0),
+                              in_channels=channels, **kwargs)
+  model = randomize(model, seed=1)
+  model.eval()
+  images = np.random.default_rng(2).normal(size=(3, size, size, channels)).astype(np.float32)
+  report = export.export_model(model, str(tmp_path), model_name=name)
+  manifest = report['manifest']
+  ref_logits, ref_codes = export.fake_quantized_codes(model, images)
+
+  engine = export.IntegerModel.load(str(tmp_path))
+  logits, codes = engine.run(images)
+  jax_logits, jax_codes = engine.jax_run(images)
+  onnx_logits = ort.InferenceSession(str(tmp_path / 'model.onnx'),
+                                     providers=['CPUExecutionProvider']).run(
+                                         None, {'image': images})[0]
+  assert sorted(codes) == sorted(ref_codes) == sorted(l['name'] for l in manifest['layers'])
+  mismatched = sum(int(np.sum(codes[k] != ref_codes[k])) for k in codes)
+  total = sum(v.size for v in codes.values())
+  assert mismatched <= 1e-4 * total, (mismatched, total)
+  for k in codes:
+    np.testing.assert_array_equal(np.asarray(jax_codes[k]), codes[k], err_msg=k)
+  for got in (logits, np.asarray(jax_logits), onnx_logits):
+    assert _relative(got, ref_logits) < 1e-4
+    np.testing.assert_array_equal(got.argmax(-1), ref_logits.argmax(-1))
+  # the random parameters reach every rule of SPEC 8
+  rules = {}
+  for layer in manifest['layers']:
+    for rule, n in (layer['channel_rules'] or {}).items():
+      rules[rule] = rules.get(rule, 0) + n
+  if name != 'small_cnn':
+    assert rules.get('int_ge') and rules.get('int_le') and rules.get('float'), rules
+  assert report['quantized_kernels']['ratio'] >= 32 / bits * 0.99
