@@ -96,9 +96,16 @@ class IntegerModel:
                        f'{images.shape}')
     return images
 
-  def run(self, images) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """``(logits (N, classes) float32, {layer: uint8 codes NHWC})`` with NumPy."""
-    return _run(self, np, self._check(images))
+  def run(self, images, *, forced_codes=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(logits (N, classes) float32, {layer: uint8 codes NHWC})`` with NumPy.
+
+    ``forced_codes`` (``{layer: codes}``, e.g. from
+    :func:`~n2uq_jax.export.fake_quantized_codes`) replaces each listed layer's
+    codes after they are computed and returned, so every layer is compared on
+    the reference's inputs: in a deep network one code that differs within
+    float rounding of a threshold otherwise changes everything after it.
+    """
+    return _run(self, np, self._check(images), forced_codes)
 
   def logits(self, images) -> np.ndarray:
     """``(N, num_classes)`` float32 logits (NumPy backend)."""
@@ -166,7 +173,7 @@ def _qconv(xp, model, node, codes):
       feature_group_count=a['groups'], preferred_element_type=jnp.int32)
 
 
-def _run(model: IntegerModel, xp, images):
+def _run(model: IntegerModel, xp, images, forced_codes=None):
   """Interprets the graph with ``xp`` (``numpy`` or ``jax.numpy``)."""
   t = {k: (v if xp is np else jnp.asarray(v)) for k, v in model.graph.tensors.items()}
   values = {model.graph.input: images}
@@ -207,6 +214,8 @@ def _run(model: IntegerModel, xp, images):
     elif node.op == 'quantize':
       y = _count_above(xp, t[ts['input_scale']] * x, t[ts['thresholds']])
       codes_out[node.name] = y
+      if forced_codes is not None and node.name in forced_codes:
+        y = np.asarray(forced_codes[node.name], np.uint8)
     elif node.op == 'qconv':
       y = _qconv(xp, model, node, x)
     elif node.op == 'dequantize':
@@ -222,6 +231,8 @@ def _run(model: IntegerModel, xp, images):
         y = xp.where(direction == 0, _count_above(xp, t[ts['input_scale']] * f,
                                                   t[ts['thresholds']]), y)
       codes_out[node.name] = y
+      if forced_codes is not None and node.name in forced_codes:
+        y = np.asarray(forced_codes[node.name], np.uint8)
     else:
       raise ValueError(f'unknown op {node.op!r} in node {node.name!r}')
     values[node.output] = y

@@ -12,6 +12,10 @@ from tests.export.helpers import randomize
 
 ort = pytest.importorskip('onnxruntime')
 
+# (name, kwargs, bits, image size, channels); the deep ones are compared layer by
+# layer on the reference's codes (see IntegerModel.run's forced_codes), since with
+# random parameters one code that differs within float rounding of a threshold
+# changes everything downstream.
 CASES = [
     ('small_cnn', {}, 2, 8, 1),
     ('cifar_resnet20', {}, 2, 16, 3),
@@ -41,20 +45,27 @@ def test_registry_model_exports_and_matches(tmp_path, name, kwargs, bits, size, 
   ref_logits, ref_codes = export.fake_quantized_codes(model, images)
 
   engine = export.IntegerModel.load(str(tmp_path))
+  forced_logits, forced = engine.run(images, forced_codes=ref_codes)
+  assert sorted(forced) == sorted(ref_codes) == sorted(l['name'] for l in manifest['layers'])
+  mismatched = sum(int(np.sum(forced[k] != ref_codes[k])) for k in forced)
+  total = sum(v.size for v in forced.values())
+  assert mismatched <= 1e-4 * total, (mismatched, total)
+  assert _relative(forced_logits, ref_logits) < 1e-4
   logits, codes = engine.run(images)
   jax_logits, jax_codes = engine.jax_run(images)
+  for k in codes:
+    np.testing.assert_array_equal(np.asarray(jax_codes[k]), codes[k], err_msg=k)
   onnx_logits = ort.InferenceSession(str(tmp_path / 'model.onnx'),
                                      providers=['CPUExecutionProvider']).run(
                                          None, {'image': images})[0]
-  assert sorted(codes) == sorted(ref_codes) == sorted(l['name'] for l in manifest['layers'])
-  mismatched = sum(int(np.sum(codes[k] != ref_codes[k])) for k in codes)
-  total = sum(v.size for v in codes.values())
-  assert mismatched <= 1e-4 * total, (mismatched, total)
-  for k in codes:
-    np.testing.assert_array_equal(np.asarray(jax_codes[k]), codes[k], err_msg=k)
-  for got in (logits, np.asarray(jax_logits), onnx_logits):
-    assert _relative(got, ref_logits) < 1e-4
-    np.testing.assert_array_equal(got.argmax(-1), ref_logits.argmax(-1))
+  # the integer engines agree with one another whatever the reference does
+  assert _relative(onnx_logits, logits) < 1e-4 and _relative(np.asarray(jax_logits), logits) < 1e-4
+  if not any(codes[k].tobytes() != ref_codes[k].tobytes() for k in codes):
+    for got in (logits, np.asarray(jax_logits), onnx_logits):
+      assert _relative(got, ref_logits) < 1e-4
+      np.testing.assert_array_equal(got.argmax(-1), ref_logits.argmax(-1))
+  elif name in ('small_cnn', 'cifar_resnet20', 'resnet18'):
+    pytest.fail('a shallow model differs from the reference without forcing')
   # the random parameters reach every rule of SPEC 8
   rules = {}
   for layer in manifest['layers']:
