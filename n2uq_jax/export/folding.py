@@ -48,7 +48,7 @@ def _integer_above(x: np.ndarray) -> np.ndarray:
   """``floor(x) + 1`` clipped to the int32 limits (``-inf`` -> always, ``inf`` -> never)."""
   with np.errstate(invalid='ignore', over='ignore'):
     out = np.floor(np.clip(x, -float(INT32_LIMIT), float(INT32_LIMIT))) + 1
-  return np.clip(out, -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+    return np.clip(np.nan_to_num(out), -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
 
 
 def fold_thresholds(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias_in, slope,
@@ -67,39 +67,29 @@ def fold_thresholds(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias
     ``k = #{i : direction * acc >= tau[:, i]}`` where ``direction != 0``.
   """
   a, b = accumulator_affine(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias_in)
-  slope = np.asarray(slope, np.float64)
-  bias_out = np.asarray(bias_out, np.float64)
+  slope = np.asarray(slope, np.float64)[:, None]
+  bias_out = np.asarray(bias_out, np.float64)[:, None]
   beta1 = float(input_scale)
-  level = np.asarray(thresholds, np.float64)
-  channels, count = a.shape[0], level.shape[0]
-  tau = np.zeros((channels, count), np.int32)
-  direction = np.ones((channels,), np.int8)
-  for c in range(channels):
-    s = slope[c]
-    if s < 0:
-      direction[c] = 0
-      tau[c] = INT32_LIMIT
-      continue
-    if beta1 == 0 or a[c] == 0:
-      t0 = b[c]
-      u0 = beta1 * ((t0 if t0 > 0 else s * t0) + bias_out[c])
-      tau[c] = np.where(u0 > level, -INT32_LIMIT, INT32_LIMIT)
-      continue
-    for i, threshold in enumerate(level):
-      h = threshold / beta1 - bias_out[c]  # condition on PReLU(t) relative to h
-      if beta1 > 0:  # PReLU(t) > h  <=>  t > t_star
-        t_star = h if h >= 0 else (h / s if s > 0 else -np.inf)
-        above = True
-      else:  # PReLU(t) < h  <=>  t < t_star
-        t_star = h if h > 0 else (h / s if s > 0 else -np.inf)
-        above = False
-      x = (t_star - b[c]) / a[c]
-      if a[c] < 0:
-        above = not above
-      if above:  # acc > x
-        tau[c, i] = _integer_above(np.asarray(x))
-        direction[c] = 1
-      else:  # acc < x  <=>  -acc > -x
-        tau[c, i] = _integer_above(np.asarray(-x))
-        direction[c] = -1
-  return tau, direction
+  level = np.asarray(thresholds, np.float64)[None, :]
+  with np.errstate(divide='ignore', invalid='ignore'):
+    if beta1 != 0:
+      h = level / beta1 - bias_out  # the condition on PReLU(t) relative to h
+      # beta1 > 0: PReLU(t) > h <=> t > t_star; beta1 < 0: PReLU(t) < h <=> t < t_star
+      positive = h >= 0 if beta1 > 0 else h > 0
+      t_star = np.where(positive, h, np.where(slope > 0, h / slope, -np.inf))
+    else:
+      t_star = np.zeros_like(level + slope)
+    x = (t_star - b[:, None]) / a[:, None]
+  above = (beta1 > 0) != (a < 0)  # acc > x (else acc < x, i.e. -acc > -x)
+  tau = np.where(above[:, None], _integer_above(x), _integer_above(-x))
+  direction = np.where(above, 1, -1).astype(np.int8)
+  constant = (a == 0) | (beta1 == 0)
+  if np.any(constant):
+    t0 = b[:, None]
+    u0 = beta1 * (np.where(t0 > 0, t0, slope * t0) + bias_out)
+    tau = np.where(constant[:, None], np.where(u0 > level, -INT32_LIMIT, INT32_LIMIT), tau)
+    direction[constant] = 1
+  fallback = slope[:, 0] < 0
+  tau[fallback] = INT32_LIMIT
+  direction[fallback] = 0
+  return tau.astype(np.int32), direction

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -63,6 +64,11 @@ class Graph:
   packed: dict[str, dict[str, Any]]
   input: str = 'image'
   output: str = 'logits'
+
+
+_weight_codes = jax.jit(quant.n2uq_weight_codes, static_argnames=('bits', 'channel_axis'))
+"""SPEC 3.1 codes and scales, one compiled function per kernel shape."""
+_thresholds = jax.jit(quant.thresholds)
 
 
 def _value(x) -> np.ndarray:
@@ -116,7 +122,7 @@ class _Tracer:
       raise ValueError(f'{name}: a quantized conv with a bias is not exported')
     codes = self.quantize(quantizer, f'{name}.input_quantizer', name, x)
     kernel = _value(conv.kernel).astype(np.float32)
-    q, scale = quant.n2uq_weight_codes(kernel, bits=spec.weight_bits, channel_axis=-1)
+    q, scale = _weight_codes(kernel, bits=spec.weight_bits, channel_axis=-1)
     q = np.asarray(q)
     weight = self._tensor(f'{name}.weight_codes', packing.pack(q, spec.weight_bits))
     self.packed[weight] = {'bits': spec.weight_bits, 'shape': list(q.shape)}
@@ -134,7 +140,7 @@ class _Tracer:
     levels = 2 ** bits - 1
     if isinstance(quantizer, nn.N2UQActivation):
       p = quantizer.params()
-      thresholds = _f32(quant.thresholds(p.offset, p.intervals))
+      thresholds = _f32(_thresholds(p.offset, p.intervals))
       input_scale = _f32(p.input_scale)
       step = np.float32(_f32(p.output_scale) * np.float32(quant.level_spacing(bits)))
       rule = 'n2uq'

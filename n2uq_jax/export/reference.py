@@ -1,13 +1,15 @@
 """Activation codes of the fake-quantized model, to compare an export against.
 
-:func:`fake_quantized_codes` runs a model in evaluation mode and records, for every
-quantized conv, the integer level its input quantizer assigns (N2UQ: SPEC 2.2;
-PACT: ``round(clip(x, 0, alpha) K / alpha)``), keyed by the conv's dotted name as
-:meth:`IntegerModel.codes` keys them.
+:func:`fake_quantized_codes` runs a model in evaluation mode (one ``jax.jit``
+function) and records, for every quantized conv, the integer level its input
+quantizer assigns (N2UQ: SPEC 2.2; PACT: ``round(clip(x, 0, alpha) K / alpha)``),
+keyed by the conv's dotted name as :meth:`IntegerModel.codes` keys them.
 """
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -27,26 +29,33 @@ class _Recorder(nnx.Module):
     if isinstance(q, nn.N2UQActivation):
       codes = q.codes(x)
     else:
-      alpha = np.float32(np.asarray(q.alpha.get_value()))
+      alpha = q.alpha[...].astype(jnp.float32)
       levels = 2 ** q.bits - 1
-      codes = np.round(np.clip(np.asarray(x, np.float32), 0, alpha) * np.float32(levels)
-                       / alpha)
-    self.store[self.name] = np.asarray(codes).astype(np.uint8)
+      codes = jnp.round(jnp.clip(x.astype(jnp.float32), 0, alpha) * levels / alpha)
+    self.store[self.name] = codes.astype(jnp.uint8)
     return q(x)
 
 
+def _quantized_convs(model: nnx.Module):
+  return [('.'.join(str(p) for p in path), node) for path, node in nnx.iter_graph(model)
+          if isinstance(node, nn.QuantConv) and node.input_quantizer is not None]
+
+
 def fake_quantized_codes(model: nnx.Module, images) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-  """``(logits, {conv name: uint8 codes NHWC})`` of ``model(images)`` (eager)."""
-  convs = [('.'.join(str(p) for p in path), node) for path, node in nnx.iter_graph(model)
-           if isinstance(node, nn.QuantConv) and node.input_quantizer is not None]
-  store: dict[str, np.ndarray] = {}
-  originals = []
-  for name, conv in convs:
-    originals.append((conv, conv.input_quantizer))
-    conv.input_quantizer = _Recorder(conv.input_quantizer, name, store)
-  try:
-    logits = np.asarray(model(images))
-  finally:
-    for conv, quantizer in originals:
-      conv.input_quantizer = quantizer
-  return logits, store
+  """``(logits, {conv name: uint8 codes NHWC})`` of ``model(images)`` in evaluation mode.
+
+  The model itself is not modified (a copy inside the jitted function is).
+  """
+  model.eval()
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def run(state, images):
+    copy = nnx.merge(graphdef, state)
+    store = {}
+    for name, conv in _quantized_convs(copy):
+      conv.input_quantizer = _Recorder(conv.input_quantizer, name, store)
+    return copy(images), store
+
+  logits, store = run(state, jnp.asarray(images))
+  return np.asarray(logits), {k: np.asarray(v) for k, v in store.items()}
