@@ -4,7 +4,8 @@ the fake-quantized JAX evaluation of the same model, and the export's size.
 The model is the N2UQ ResNet-18 (1000 classes, downsample quantized) at ``--bits``,
 at its initialisation (sizes and speeds do not depend on the values). Each engine
 runs ``--batch`` images of ``--image-size`` pixels; the reported time is the median
-of ``--repeats`` runs after one warm-up run (which holds the JAX compilations).
+of ``--repeats`` interleaved rounds after one warm-up run (which holds the JAX
+compilations).
 
 Usage::
 
@@ -31,14 +32,18 @@ from n2uq_jax import export, models
 from n2uq_jax.train import config_lib, step as step_lib
 
 
-def _median_seconds(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
+def _interleaved_medians(runs: dict, repeats: int) -> dict[str, float]:
+  """Median seconds per run over ``repeats`` rounds that call every run once, in turn
+  (so that load from other processes hits every engine alike), after one warm-up."""
+  for fn in runs.values():
     fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, fn in runs.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main():
@@ -84,10 +89,10 @@ def main():
       'integer engine, onnxruntime CPU': lambda: session.run(None, {'image': images}),
       'integer engine, NumPy': lambda: engine.logits(images),
   }
-  print(f'batch {args.batch}, {args.image_size}x{args.image_size}, median of {args.repeats}:')
+  print(f'batch {args.batch}, {args.image_size}x{args.image_size}, median of {args.repeats} '
+        'interleaved rounds:')
   base = None
-  for name, fn in runs.items():
-    seconds = _median_seconds(fn, args.repeats)
+  for name, seconds in _interleaved_medians(runs, args.repeats).items():
     rate = args.batch / seconds
     base = base or rate
     print(f'  {name:<34} {seconds * 1e3:9.1f} ms  {rate:9.1f} img/s  ({rate / base:.2f}x)')
