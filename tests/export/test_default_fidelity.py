@@ -54,6 +54,24 @@ def test_cli_writes_the_export_and_a_size_report(exported):
   # layer1.1's quantizer reads conv -> bn -> RPReLU of layer1.0: folded (SPEC 8)
   assert [l['threshold_rule'] for l in manifest['layers']] == ['float', 'folded_int']
   assert all(l['weight_bits'] == l['activation_bits'] == 2 for l in manifest['layers'])
+  # ONNX: standard ops only; the quantized convs are ConvInteger, the stem a float Conv
+  import onnx  # pylint: disable=g-import-not-at-top
+  graph = onnx.load(os.path.join(out_dir, 'model.onnx')).graph
+  ops = [node.op_type for node in graph.node]
+  assert ops.count('ConvInteger') == 2 and ops.count('Conv') == 1
+  assert 'GreaterOrEqual' in ops and 'Greater' in ops
+  assert all(node.domain in ('', 'ai.onnx') for node in graph.node)
+  assert [i.name for i in graph.input] == ['image'] and [o.name for o in graph.output] == [
+      'logits']
+
+
+def test_cli_refuses_a_missing_step_with_a_clear_error(exported, tmp_path):
+  run_dir = exported[0]
+  result = subprocess.run([sys.executable, '-m', 'n2uq_jax.export', run_dir, str(tmp_path),
+                           '--step', '7'], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2
+  assert 'no checkpoint at step 7' in result.stderr and '[40]' in result.stderr
 
 
 def test_engines_reproduce_the_fake_quantized_model(exported):
