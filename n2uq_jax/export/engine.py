@@ -74,7 +74,7 @@ class IntegerModel:
         name = node.tensors['weight_codes']
         info = graph.packed[name]
         q = packing.unpack(t[name], info['bits'], info['shape']).astype(np.int16)
-        self._weights[node.name] = (2 * q - (2 ** info['bits'] - 1)).astype(np.int8)
+        self._weights[node.name] = odd_weights(q, info['bits'])
       elif node.op in ('dequantize', 'threshold'):
         self._weights[node.output + '/acc_scale'] = acc_scale(
             t, node if node.op == 'dequantize' else _dequant_view(node))
@@ -127,6 +127,12 @@ class IntegerModel:
     return {k: np.asarray(v) for k, v in self.jax_run(images)[1].items()}
 
 
+def odd_weights(q: np.ndarray, bits: int) -> np.ndarray:
+  """``2q - K`` (SPEC 8): int8 up to 7 bits, int16 for 8 bits (range -255..255)."""
+  dtype = np.int8 if bits < 8 else np.int16
+  return (2 * q.astype(np.int16) - (2 ** bits - 1)).astype(dtype)
+
+
 def _dequant_view(node: Node) -> Node:
   """The ``dequantize`` part of a folded ``threshold`` node."""
   return Node('dequantize', node.name, [], '', {
@@ -165,7 +171,7 @@ def _qconv(xp, model, node, codes):
   if xp is np:
     return _np_conv(codes, weights, a['strides'], a['padding'], a['groups'],
                     np.float64).astype(np.int32)
-  small = a['activation_bits'] < 8
+  small = a['activation_bits'] < 8 and a['weight_bits'] < 8
   dtype = jnp.int8 if small else jnp.int16
   return jax.lax.conv_general_dilated(
       codes.astype(dtype), jnp.asarray(weights, dtype), window_strides=a['strides'],

@@ -108,10 +108,19 @@ def build_onnx(graph: Graph, *, in_channels: int):
       y = b.count('Greater', u, t[ts['thresholds']], hint, shape_fn=np.asarray)
     elif node.op == 'qconv':
       info = graph.packed[ts['weight_codes']]
-      q = packing.unpack(t[ts['weight_codes']], info['bits'], info['shape']).astype(np.int16)
-      w = (2 * q - (2 ** info['bits'] - 1)).astype(np.int8)
-      w = b.const(np.transpose(w, (3, 2, 0, 1)), f'{hint}_w')
-      y = b.op('ConvInteger', [x, w], hint, strides=a['strides'], pads=pads, group=a['groups'])
+      q = packing.unpack(t[ts['weight_codes']], info['bits'], info['shape'])
+      conv = dict(strides=a['strides'], pads=pads, group=a['groups'])
+      if info['bits'] < 8:
+        w = (2 * q.astype(np.int16) - (2 ** info['bits'] - 1)).astype(np.int8)
+        w = b.const(np.transpose(w, (3, 2, 0, 1)), f'{hint}_w')
+        y = b.op('ConvInteger', [x, w], hint, **conv)
+      else:  # 2q - K does not fit int8: acc = 2 sum(k q) - K sum(k) (SPEC 8)
+        kq = b.op('ConvInteger', [x, b.const(np.transpose(q, (3, 2, 0, 1)), f'{hint}_q')],
+                  hint, **conv)
+        ones = b.const(np.ones(np.transpose(q, (3, 2, 0, 1)).shape, np.uint8), f'{hint}_ones')
+        ks = b.op('ConvInteger', [x, ones], hint, **conv)
+        y = b.op('Sub', [b.op('Mul', [kq, b.const(np.int32(2), 'two')], hint),
+                         b.op('Mul', [ks, b.const(np.int32(255), 'k8')], hint)], hint)
     elif node.op == 'dequantize':
       f = b.op('Cast', [x], hint, to=b.onnx.TensorProto.FLOAT)
       y = b.op('Mul', [f, b.const(_channel(acc_scale(t, node)), f'{hint}_scale')], hint)

@@ -18,6 +18,7 @@ ort = pytest.importorskip('onnxruntime')
 # changes everything downstream.
 CASES = [
     ('small_cnn', {}, 2, 8, 1),
+    ('small_cnn', {}, 8, 8, 1),
     ('cifar_resnet20', {}, 2, 16, 3),
     ('resnet18', {'quantize_downsample': True}, 2, 32, 3),
     ('resnet18', {'quantize_downsample': False}, 3, 32, 3),
