@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from n2uq_jax.export import packing, tables
-from n2uq_jax.export.graph import Graph, Node, acc_scale
+from n2uq_jax.export.graph import Graph, acc_scale, dequantize_part
 
 
 def _windows(x: np.ndarray, kh: int, kw: int, strides, padding, pad_value=0) -> np.ndarray:
@@ -77,7 +77,7 @@ class IntegerModel:
         self._weights[node.name] = odd_weights(q, info['bits'])
       elif node.op in ('dequantize', 'threshold'):
         self._weights[node.output + '/acc_scale'] = acc_scale(
-            t, node if node.op == 'dequantize' else _dequant_view(node))
+            t, node if node.op == 'dequantize' else dequantize_part(node))
     self.quantized_layers = tuple(n.name for n in graph.nodes if n.op in ('quantize',
                                                                             'threshold'))
     self._jit = jax.jit(functools.partial(_run, self, jnp))
@@ -131,14 +131,6 @@ def odd_weights(q: np.ndarray, bits: int) -> np.ndarray:
   """``2q - K`` (SPEC 8): int8 up to 7 bits, int16 for 8 bits (range -255..255)."""
   dtype = np.int8 if bits < 8 else np.int16
   return (2 * q.astype(np.int16) - (2 ** bits - 1)).astype(dtype)
-
-
-def _dequant_view(node: Node) -> Node:
-  """The ``dequantize`` part of a folded ``threshold`` node."""
-  return Node('dequantize', node.name, [], '', {
-      'weight_scale': node.tensors['dequantize.weight_scale'],
-      'output_step': node.tensors['dequantize.output_step']},
-              {'weight_bits': node.attrs['weight_bits']})
 
 
 def _batch_norm(xp, x, t, tensors, epsilon):

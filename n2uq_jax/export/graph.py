@@ -271,6 +271,14 @@ def acc_scale(tensors: dict[str, np.ndarray], node: Node) -> np.ndarray:
       np.float32)
 
 
+def dequantize_part(node: Node) -> Node:
+  """The ``dequantize`` node folded into a ``threshold`` node (for its factor)."""
+  return Node('dequantize', node.name, [], '', {
+      'weight_scale': node.tensors['dequantize.weight_scale'],
+      'output_step': node.tensors['dequantize.output_step']},
+              {'weight_bits': node.attrs['weight_bits']})
+
+
 def fold(graph: Graph) -> Graph:
   """Replaces every ``dequantize -> batch_norm -> rprelu -> quantize`` chain (N2UQ
   quantizer, no other reader of the intermediate values) by a ``threshold`` node on

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from n2uq_jax.export import packing
-from n2uq_jax.export.graph import Graph, acc_scale
+from n2uq_jax.export.graph import Graph, acc_scale, dequantize_part
 
 OPSET = 17
 
@@ -129,9 +129,8 @@ def build_onnx(graph: Graph, *, in_channels: int):
       v = b.op('Mul', [x, b.const(_channel(direction), f'{hint}_dir')], hint)
       y = b.count('GreaterOrEqual', v, t[ts['int_thresholds']], hint)
       if np.any(direction == 0):
-        from n2uq_jax.export.engine import _dequant_view  # pylint: disable=g-import-not-at-top
         f = b.op('Cast', [x], hint, to=b.onnx.TensorProto.FLOAT)
-        f = b.op('Mul', [f, b.const(_channel(acc_scale(t, _dequant_view(node))),
+        f = b.op('Mul', [f, b.const(_channel(acc_scale(t, dequantize_part(node))),
                                     f'{hint}_scale')], hint)
         bn = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('batch_norm.')}
         act = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('rprelu.')}
