@@ -19,10 +19,11 @@ from n2uq_jax import nn
 class _Recorder(nnx.Module):
   """Wraps a quantizer: passes its output through and keeps the input's codes."""
 
-  def __init__(self, quantizer, name: str, store: dict):
+  def __init__(self, quantizer, name: str, store: dict, inputs: dict | None):
     self.quantizer = quantizer
     self.name = name
     self.store = store
+    self.inputs = inputs
 
   def __call__(self, x):
     q = self.quantizer
@@ -33,6 +34,8 @@ class _Recorder(nnx.Module):
       levels = 2 ** q.bits - 1
       codes = jnp.round(jnp.clip(x.astype(jnp.float32), 0, alpha) * levels / alpha)
     self.store[self.name] = codes.astype(jnp.uint8)
+    if self.inputs is not None:
+      self.inputs[self.name] = x
     return q(x)
 
 
@@ -41,10 +44,12 @@ def _quantized_convs(model: nnx.Module):
           if isinstance(node, nn.QuantConv) and node.input_quantizer is not None]
 
 
-def fake_quantized_codes(model: nnx.Module, images) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def fake_quantized_codes(model: nnx.Module, images, *, with_inputs: bool = False):
   """``(logits, {conv name: uint8 codes NHWC})`` of ``model(images)`` in evaluation mode.
 
-  The model itself is not modified (a copy inside the jitted function is).
+  With ``with_inputs``, a third item ``{conv name: float32 quantizer input}`` (the
+  ``x`` that the quantizer compares as ``beta1 x > T_i``). The model itself is not
+  modified (a copy inside the jitted function is).
   """
   model.eval()
   graphdef, state = nnx.split(model)
@@ -52,10 +57,13 @@ def fake_quantized_codes(model: nnx.Module, images) -> tuple[np.ndarray, dict[st
   @jax.jit
   def run(state, images):
     copy = nnx.merge(graphdef, state)
-    store = {}
+    store, inputs = {}, ({} if with_inputs else None)
     for name, conv in _quantized_convs(copy):
-      conv.input_quantizer = _Recorder(conv.input_quantizer, name, store)
-    return copy(images), store
+      conv.input_quantizer = _Recorder(conv.input_quantizer, name, store, inputs)
+    return copy(images), store, inputs
 
-  logits, store = run(state, jnp.asarray(images))
-  return np.asarray(logits), {k: np.asarray(v) for k, v in store.items()}
+  logits, store, inputs = run(state, jnp.asarray(images))
+  out = np.asarray(logits), {k: np.asarray(v) for k, v in store.items()}
+  if with_inputs:
+    out += ({k: np.asarray(v) for k, v in inputs.items()},)
+  return out

@@ -33,6 +33,27 @@ def _relative(a, b):
   return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
+def _check_mismatches_are_at_thresholds(engine, codes, ref_codes, ref_inputs):
+  """Every differing code has its quantizer input within float32 rounding of a
+  threshold: ``|beta1 x - T_i| <= 1e-5 (|T_i| + |beta1 x|)`` for some ``i``, and the
+  codes differ by one level."""
+  tensors = engine.graph.tensors
+  for node in engine.graph.nodes:
+    if node.op not in ('quantize', 'threshold'):
+      continue
+    where = codes[node.name] != ref_codes[node.name]
+    if not where.any():
+      continue
+    u = (tensors[node.tensors['input_scale']] * ref_inputs[node.name][where]).astype(np.float64)
+    t = tensors[node.tensors['thresholds']].astype(np.float64)
+    gap = np.min(np.abs(u[:, None] - t[None]) / (np.abs(t[None]) + np.abs(u[:, None])), -1)
+    print(f'{node.name}: {where.sum()} codes differ, relative distance to a threshold '
+          f'at most {gap.max():.2g}')
+    assert np.all(gap <= 1e-5), (node.name, gap)
+    diff = codes[node.name][where].astype(int) - ref_codes[node.name][where]
+    assert np.all(np.abs(diff) == 1), node.name
+
+
 def _rules(manifest):
   """Channel count per threshold rule over the folded quantizers."""
   rules = {}
@@ -52,7 +73,8 @@ def test_registry_model_exports_and_matches(tmp_path, name, kwargs, bits, size, 
   images = np.random.default_rng(2).normal(size=(3, size, size, channels)).astype(np.float32)
   report = export.export_model(model, str(tmp_path), model_name=name)
   manifest = report['manifest']
-  ref_logits, ref_codes = export.fake_quantized_codes(model, images)
+  ref_logits, ref_codes, ref_inputs = export.fake_quantized_codes(model, images,
+                                                                  with_inputs=True)
 
   engine = export.IntegerModel.load(str(tmp_path))
   forced_logits, forced = engine.run(images, forced_codes=ref_codes)
@@ -61,6 +83,7 @@ def test_registry_model_exports_and_matches(tmp_path, name, kwargs, bits, size, 
   total = sum(v.size for v in forced.values())
   print(f'{name} {kwargs}: {mismatched} of {total} codes differ layer by layer; rules {_rules(manifest)}')
   assert mismatched <= 1e-4 * total, (mismatched, total)
+  _check_mismatches_are_at_thresholds(engine, forced, ref_codes, ref_inputs)
   assert _relative(forced_logits, ref_logits) < 1e-4
   logits, codes = engine.run(images)
   jax_logits, jax_codes = engine.jax_run(images)
