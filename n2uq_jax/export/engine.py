@@ -3,8 +3,8 @@
 :class:`IntegerModel` interprets the graph of ``manifest.json`` on the tensors of
 ``tables.safetensors``. Quantized convs run on uint8 activation codes and odd
 integer weights ``2q - K`` with exact integer sums; the next codes come from
-float thresholds on the float stream or from integer thresholds on the int32
-accumulator where the chain folds. Everything else (stem, BatchNorm, RPReLU,
+float thresholds on the float stream or from integer thresholds (one- or
+two-sided) on the int32 accumulator where the chain folds. Everything else (stem, BatchNorm, RPReLU,
 residual adds, pooling, classifier) is float32. Two backends:
 
 * NumPy (:meth:`IntegerModel.logits`, :meth:`IntegerModel.codes`): the integer
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from n2uq_jax.export import packing, tables
-from n2uq_jax.export.graph import Graph, acc_scale, dequantize_part
+from n2uq_jax.export.graph import Graph, acc_scale
 
 
 def _windows(x: np.ndarray, kh: int, kw: int, strides, padding, pad_value=0) -> np.ndarray:
@@ -75,9 +75,8 @@ class IntegerModel:
         info = graph.packed[name]
         q = packing.unpack(t[name], info['bits'], info['shape']).astype(np.int16)
         self._weights[node.name] = odd_weights(q, info['bits'])
-      elif node.op in ('dequantize', 'threshold'):
-        self._weights[node.output + '/acc_scale'] = acc_scale(
-            t, node if node.op == 'dequantize' else dequantize_part(node))
+      elif node.op == 'dequantize':
+        self._weights[node.output + '/acc_scale'] = acc_scale(t, node)
     self.quantized_layers = tuple(n.name for n in graph.nodes if n.op in ('quantize',
                                                                             'threshold'))
     self._jit = jax.jit(functools.partial(_run, self, jnp))
@@ -150,10 +149,17 @@ def _count_above(xp, u, thresholds):
   return codes.astype(xp.uint8)
 
 
-def _count_at_least(xp, v, thresholds):
-  codes = xp.zeros(v.shape, xp.int32)
-  for i in range(thresholds.shape[-1]):
-    codes = codes + (v >= thresholds[..., i]).astype(xp.int32)
+def _folded_codes(xp, acc, direction, lo, hi):
+  """Codes of a folded quantizer from the int32 accumulator (rules of
+  :data:`~n2uq_jax.export.folding.DIRECTION_RULES`)."""
+  two_sided = xp.abs(direction) == 2
+  outside = direction == 2
+  v = acc * xp.where(two_sided, 1, direction)
+  codes = xp.zeros(acc.shape, xp.int32)
+  for i in range(lo.shape[-1]):
+    ge = v >= lo[:, i]
+    inside = ge & (acc <= hi[:, i])
+    codes = codes + xp.where(two_sided, inside != outside, ge).astype(xp.int32)
   return codes.astype(xp.uint8)
 
 
@@ -219,15 +225,8 @@ def _run(model: IntegerModel, xp, images, forced_codes=None):
     elif node.op == 'dequantize':
       y = x.astype(xp.float32) * xp.asarray(model._weights[node.output + '/acc_scale'])
     elif node.op == 'threshold':
-      direction = t[ts['direction']].astype(xp.int32)
-      y = _count_at_least(xp, x * direction, t[ts['int_thresholds']])
-      if bool(np.any(model.graph.tensors[ts['direction']] == 0)):
-        f = x.astype(xp.float32) * xp.asarray(model._weights[node.output + '/acc_scale'])
-        bn = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('batch_norm.')}
-        act = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('rprelu.')}
-        f = _rprelu(xp, _batch_norm(xp, f, t, bn, a['epsilon']), t, act)
-        y = xp.where(direction == 0, _count_above(xp, t[ts['input_scale']] * f,
-                                                  t[ts['thresholds']]), y)
+      y = _folded_codes(xp, x, t[ts['direction']].astype(xp.int32), t[ts['int_thresholds']],
+                        t[ts['int_thresholds_hi']])
       codes_out[node.name] = y
       if forced_codes is not None and node.name in forced_codes:
         y = np.asarray(forced_codes[node.name], np.uint8)

@@ -14,9 +14,13 @@ the next quantizer's input is, per output channel ``c``::
 ``acc > x`` is ``acc >= floor(x) + 1`` and ``acc < x`` is ``-acc >= floor(-x) + 1``:
 every channel becomes ``k = #{i : direction_c * acc >= tau_{c,i}}`` with integer
 ``tau``. A negative BatchNorm scale (``a_c < 0``) or a negative ``beta1`` flips
-the direction. A negative PReLU slope makes the map non-monotone: that channel
-is marked ``direction 0`` and evaluates the float chain instead (the float
-fallback of SPEC 8). The thresholds are derived in float64; the float32 forward
+the direction. A negative PReLU slope makes the map V-shaped (minimum at
+``t = 0``): ``PReLU(t) > h`` holds outside the closed interval
+``[h / slope, h]`` of ``t`` and ``PReLU(t) < h`` inside the open one, so with
+``beta1 > 0`` such a channel counts the thresholds whose integer interval
+``[lo, hi]`` does not hold ``acc`` (rule ``int_outside``) and with ``beta1 < 0``
+those whose interval holds it (``int_inside``): the two-sided intervals of
+SPEC 8. The thresholds are derived in float64; the float32 forward
 of the fake-quantized model can disagree only where ``u`` lies within float32
 rounding of a threshold.
 """
@@ -30,9 +34,10 @@ INT32_LIMIT = 2 ** 31 - 1
 accumulator never reaches these (``|acc| <= K_a * K_w * fan_in``), so the clipped
 ends mean "always" and "never"."""
 
-DIRECTION_RULES = {1: 'int_ge', -1: 'int_le', 0: 'float'}
-"""The rule of a channel by its direction: ``acc >= tau``, ``-acc >= tau`` (that is,
-``acc <= -tau``), or the float chain."""
+DIRECTION_RULES = {1: 'int_ge', -1: 'int_le', 2: 'int_outside', -2: 'int_inside'}
+"""The rule of a channel by its direction: level ``i`` counts when ``acc >= tau_i``,
+``-acc >= tau_i`` (that is, ``acc <= -tau_i``), ``not (tau_i <= acc <= tau_hi_i)``,
+or ``tau_i <= acc <= tau_hi_i``."""
 
 
 def accumulator_affine(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias_in):
@@ -63,8 +68,9 @@ def fold_thresholds(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias
     input_scale: ``beta1`` (scalar); thresholds: ``(K,)`` the quantizer's ``T``.
 
   Returns:
-    ``(tau, direction)``: int32 ``(C, K)`` and int8 ``(C,)`` with
-    ``k = #{i : direction * acc >= tau[:, i]}`` where ``direction != 0``.
+    ``(tau, tau_hi, direction)``: int32 ``(C, K)``, int32 ``(C, K)`` and int8
+    ``(C,)``; the count rule of each channel is :data:`DIRECTION_RULES`
+    (``tau_hi`` is ``INT32_LIMIT`` where unused).
   """
   a, b = accumulator_affine(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias_in)
   slope = np.asarray(slope, np.float64)[:, None]
@@ -89,7 +95,33 @@ def fold_thresholds(acc_scale, bn_scale, bn_bias, bn_mean, bn_var, epsilon, bias
     u0 = beta1 * (np.where(t0 > 0, t0, slope * t0) + bias_out)
     tau = np.where(constant[:, None], np.where(u0 > level, -INT32_LIMIT, INT32_LIMIT), tau)
     direction[constant] = 1
-  fallback = slope[:, 0] < 0
-  tau[fallback] = INT32_LIMIT
-  direction[fallback] = 0
-  return tau.astype(np.int32), direction
+  tau_hi = np.full(tau.shape, INT32_LIMIT, np.int32)
+  two_sided = (slope[:, 0] < 0) & ~constant
+  if np.any(two_sided):
+    lo, hi = _two_sided(a[two_sided, None], b[two_sided, None], slope[two_sided],
+                        bias_out[two_sided], beta1, level)
+    tau[two_sided], tau_hi[two_sided] = lo, hi
+    direction[two_sided] = 2 if beta1 > 0 else -2
+  return tau.astype(np.int32), tau_hi, direction
+
+
+def _two_sided(a, b, slope, bias_out, beta1, level):
+  """``(lo, hi)`` int32 of channels with a negative slope (see the module docstring).
+
+  ``beta1 > 0``: ``u > T`` iff ``t`` is outside ``[h / slope, h]`` (always when
+  ``h < 0``); ``beta1 < 0``: iff ``t`` is inside ``(h / slope, h)`` (never when
+  ``h <= 0``). Empty intervals are ``[INT32_LIMIT, -INT32_LIMIT]``.
+  """
+  h = level / beta1 - bias_out
+  ends = np.stack([(h / slope - b) / a, (h - b) / a])
+  low, high = ends.min(axis=0), ends.max(axis=0)
+  above = lambda x: _integer_above(x).astype(np.int64)
+  if beta1 > 0:  # closed interval of t: the integers ceil(low) .. floor(high)
+    lo, hi = -above(-low) + 1, above(high) - 1
+    empty = h < 0
+  else:  # open interval: floor(low) + 1 .. ceil(high) - 1
+    lo, hi = above(low), -above(-high)
+    empty = h <= 0
+  lo = np.where(empty, INT32_LIMIT, np.clip(lo, -INT32_LIMIT, INT32_LIMIT))
+  hi = np.where(empty, -INT32_LIMIT, np.clip(hi, -INT32_LIMIT, INT32_LIMIT))
+  return lo.astype(np.int32), hi.astype(np.int32)

@@ -271,14 +271,6 @@ def acc_scale(tensors: dict[str, np.ndarray], node: Node) -> np.ndarray:
       np.float32)
 
 
-def dequantize_part(node: Node) -> Node:
-  """The ``dequantize`` node folded into a ``threshold`` node (for its factor)."""
-  return Node('dequantize', node.name, [], '', {
-      'weight_scale': node.tensors['dequantize.weight_scale'],
-      'output_step': node.tensors['dequantize.output_step']},
-              {'weight_bits': node.attrs['weight_bits']})
-
-
 def fold(graph: Graph) -> Graph:
   """Replaces every ``dequantize -> batch_norm -> rprelu -> quantize`` chain (N2UQ
   quantizer, no other reader of the intermediate values) by a ``threshold`` node on
@@ -299,18 +291,20 @@ def fold(graph: Graph) -> Graph:
           and all(readers[v.output] == 1 for v in (act, bn, deq))):
         tensors = graph.tensors
         prefix = node.name + '.input_quantizer'
-        tau, direction = folding.fold_thresholds(
+        tau, tau_hi, direction = folding.fold_thresholds(
             acc_scale(tensors, deq), *(tensors[bn.tensors[r]] for r in
                                        ('scale', 'bias', 'mean', 'var')),
             bn.attrs['epsilon'], *(tensors[act.tensors[r]] for r in
                                    ('bias_in', 'slope', 'bias_out')),
             tensors[node.tensors['input_scale']], tensors[node.tensors['thresholds']])
         tensors[f'{prefix}.int_thresholds'] = tau
+        tensors[f'{prefix}.int_thresholds_hi'] = tau_hi
         tensors[f'{prefix}.direction'] = direction
         chain = {f'dequantize.{k}': v for k, v in deq.tensors.items()}
         chain.update({f'batch_norm.{k}': v for k, v in bn.tensors.items()})
         chain.update({f'rprelu.{k}': v for k, v in act.tensors.items()})
         chain.update({'int_thresholds': f'{prefix}.int_thresholds',
+                      'int_thresholds_hi': f'{prefix}.int_thresholds_hi',
                       'direction': f'{prefix}.direction', **node.tensors})
         drop.update(id(v) for v in (act, bn, deq))
         node = Node('threshold', node.name, [deq.inputs[0]], node.output, chain,

@@ -3,7 +3,8 @@
 Input ``image`` (NHWC float32, dynamic batch), output ``logits``. Quantized convs
 are ``ConvInteger`` on uint8 codes and int8 odd weights ``2q - K`` (zero points 0,
 int32 accumulation); thresholds are ``Greater`` (float, strict) or
-``GreaterOrEqual`` (int32, folded) comparisons summed into a count. Float parts use
+``GreaterOrEqual`` (int32, folded; with ``LessOrEqual``, ``And``, ``Xor`` for the
+two-sided rules) comparisons summed into a count. Float parts use
 the same float32 operation order as the engine.
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from n2uq_jax.export import packing
-from n2uq_jax.export.graph import Graph, acc_scale, dequantize_part
+from n2uq_jax.export.graph import Graph, acc_scale
 
 OPSET = 17
 
@@ -45,14 +46,36 @@ class _Builder:
     self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
     return out
 
-  def count(self, compare: str, x: str, thresholds: np.ndarray, hint: str,
-            shape_fn=_channel) -> str:
-    """``sum_i compare(x, thresholds[..., i])`` as uint8."""
+  def count_above(self, x: str, thresholds: np.ndarray, hint: str) -> str:
+    """``#{i : x > thresholds[i]}`` as uint8 (``thresholds`` shape ``(K,)``)."""
     total = None
     for i in range(thresholds.shape[-1]):
-      t = self.const(shape_fn(thresholds[..., i]), f'{hint}_t{i}')
-      bit = self.op('Cast', [self.op(compare, [x, t], f'{hint}_cmp')], f'{hint}_bit',
+      t = self.const(np.asarray(thresholds[i]), f'{hint}_t{i}')
+      bit = self.op('Cast', [self.op('Greater', [x, t], f'{hint}_cmp')], f'{hint}_bit',
                     to=self.onnx.TensorProto.INT32)
+      total = bit if total is None else self.op('Add', [total, bit], f'{hint}_sum')
+    return self.op('Cast', [total], f'{hint}_codes', to=self.onnx.TensorProto.UINT8)
+
+  def folded_codes(self, acc: str, direction: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   hint: str) -> str:
+    """Codes of a folded quantizer (rules of ``folding.DIRECTION_RULES``) as uint8."""
+    two_sided = np.abs(direction) == 2
+    sign = np.where(two_sided, 1, direction).astype(np.int32)
+    v = self.op('Mul', [acc, self.const(_channel(sign), f'{hint}_dir')], hint)
+    if two_sided.any():
+      mask = self.const(_channel(two_sided), f'{hint}_two_sided')
+      outside = self.const(_channel(direction == 2), f'{hint}_outside')
+    total = None
+    for i in range(lo.shape[-1]):
+      int32 = self.onnx.TensorProto.INT32
+      ge = self.op('GreaterOrEqual', [v, self.const(_channel(lo[:, i]), f'{hint}_t{i}')],
+                   f'{hint}_ge')
+      bit = self.op('Cast', [ge], f'{hint}_bit', to=int32)
+      if two_sided.any():
+        le = self.op('LessOrEqual', [acc, self.const(_channel(hi[:, i]), f'{hint}_hi{i}')],
+                     f'{hint}_le')
+        two = self.op('Xor', [self.op('And', [ge, le], f'{hint}_in'), outside], hint)
+        bit = self.op('Where', [mask, self.op('Cast', [two], hint, to=int32), bit], hint)
       total = bit if total is None else self.op('Add', [total, bit], f'{hint}_sum')
     return self.op('Cast', [total], f'{hint}_codes', to=self.onnx.TensorProto.UINT8)
 
@@ -105,7 +128,7 @@ def build_onnx(graph: Graph, *, in_channels: int):
         y = b.op('Add', [y, b.const(t[ts['bias']], f'{hint}_b')], hint)
     elif node.op == 'quantize':
       u = b.op('Mul', [x, b.const(t[ts['input_scale']], f'{hint}_scale')], hint)
-      y = b.count('Greater', u, t[ts['thresholds']], hint, shape_fn=np.asarray)
+      y = b.count_above(u, t[ts['thresholds']], hint)
     elif node.op == 'qconv':
       info = graph.packed[ts['weight_codes']]
       q = packing.unpack(t[ts['weight_codes']], info['bits'], info['shape'])
@@ -125,20 +148,8 @@ def build_onnx(graph: Graph, *, in_channels: int):
       f = b.op('Cast', [x], hint, to=b.onnx.TensorProto.FLOAT)
       y = b.op('Mul', [f, b.const(_channel(acc_scale(t, node)), f'{hint}_scale')], hint)
     elif node.op == 'threshold':
-      direction = t[ts['direction']].astype(np.int32)
-      v = b.op('Mul', [x, b.const(_channel(direction), f'{hint}_dir')], hint)
-      y = b.count('GreaterOrEqual', v, t[ts['int_thresholds']], hint)
-      if np.any(direction == 0):
-        f = b.op('Cast', [x], hint, to=b.onnx.TensorProto.FLOAT)
-        f = b.op('Mul', [f, b.const(_channel(acc_scale(t, dequantize_part(node))),
-                                    f'{hint}_scale')], hint)
-        bn = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('batch_norm.')}
-        act = {k.split('.', 1)[1]: v for k, v in ts.items() if k.startswith('rprelu.')}
-        f = b.rprelu(b.batch_norm(f, t, bn, a['epsilon'], hint), t, act, hint)
-        u = b.op('Mul', [f, b.const(t[ts['input_scale']], f'{hint}_scale')], hint)
-        fc = b.count('Greater', u, t[ts['thresholds']], hint, shape_fn=np.asarray)
-        fallback = b.const(_channel(direction == 0), f'{hint}_fallback')
-        y = b.op('Where', [fallback, fc, y], hint)
+      y = b.folded_codes(x, t[ts['direction']].astype(np.int32), t[ts['int_thresholds']],
+                         t[ts['int_thresholds_hi']], hint)
     else:
       raise ValueError(f'unknown op {node.op!r} in node {node.name!r}')
     values[node.output] = y

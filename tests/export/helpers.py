@@ -9,7 +9,8 @@ from n2uq_jax import nn, quant
 def randomize(model: nnx.Module, seed: int = 0) -> nnx.Module:
   """Gives BatchNorm, RPReLU and the quantizers random values that exercise every
   folding rule: about a fifth of the BatchNorm scales and a tenth of the PReLU
-  slopes negative, uneven quantizer intervals, non-unit scales."""
+  slopes negative, about a third of the quantizer input scales negative, uneven
+  quantizer intervals."""
   rng = np.random.default_rng(seed)
 
   def put(variable, value):
@@ -32,7 +33,7 @@ def randomize(model: nnx.Module, seed: int = 0) -> nnx.Module:
       k = 2 ** node.bits - 1
       put(node.offset, rng.normal(0, 0.1))
       put(node.intervals, quant.level_spacing(node.bits) * rng.uniform(0.4, 1.6, k))
-      put(node.input_scale, rng.uniform(0.8, 1.25))
+      put(node.input_scale, rng.uniform(0.8, 1.25) * (-1 if rng.random() < 0.3 else 1))
       put(node.output_scale, rng.uniform(0.8, 1.25))
     elif isinstance(node, nn.PACTActivation):
       put(node.alpha, rng.uniform(1.5, 3.0))

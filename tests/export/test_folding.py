@@ -28,28 +28,42 @@ def test_folded_thresholds_equal_the_chain_on_every_accumulator(input_scale):
         rng.normal(0, .2, c), rng.uniform(.5, 2, c), 1e-5)
   slope = rng.uniform(0, 0.5, c)
   slope[:4] = 0.0                                      # flat negative side
-  slope[4:10] = -0.25                                  # non-monotone: float fallback
+  slope[4:10] = -0.25                                  # non-monotone: two-sided intervals
   rprelu = (rng.normal(0, .1, c), slope, rng.normal(0, .1, c))
   thresholds = np.sort(rng.normal(0.5, 0.6, levels))
-  tau, direction = folding.fold_thresholds(acc_scale, *bn, *rprelu, input_scale, thresholds)
-  assert tau.dtype == np.int32 and tau.shape == (c, levels) and direction.shape == (c,)
-  np.testing.assert_array_equal(direction[4:10] == 0, True)
+  tau, tau_hi, direction = folding.fold_thresholds(acc_scale, *bn, *rprelu, input_scale,
+                                                   thresholds)
+  assert tau.dtype == tau_hi.dtype == np.int32 and tau.shape == tau_hi.shape == (c, levels)
   if input_scale != 0:
+    assert set(direction[4:10].tolist()) == {2 if input_scale > 0 else -2}
     assert set(direction[10:].tolist()) == {-1, 1}     # negative BN scales flip
-  acc = np.arange(-400, 401)
-  want = _chain_codes(acc, acc_scale, bn, rprelu, input_scale, thresholds)
-  got = np.sum((direction[:, None] * acc[:, None, None].astype(np.int64) >= tau[None]), -1)
-  integer = direction != 0
-  np.testing.assert_array_equal(got[:, integer], want[:, integer])
+  acc = np.arange(-400, 401)[:, None, None].astype(np.int64)
+  want = _chain_codes(acc[:, 0, 0], acc_scale, bn, rprelu, input_scale, thresholds)
+  monotone = direction[:, None] * acc >= tau[None]
+  inside = (acc >= tau[None]) & (acc <= tau_hi[None])
+  bits = np.select([np.abs(direction[:, None]) == 1, direction[:, None] == 2],
+                   [monotone, ~inside], inside)
+  got = np.sum(bits, -1)
+  np.testing.assert_array_equal(got, want)
+  if input_scale != 0:
+    assert 0 < want.mean() < levels                    # not all one level
 
 
 def test_ties_follow_the_strict_comparison():
   # t = acc exactly, PReLU identity for t > 0, thresholds on integers: acc > T, not >=.
   one = np.ones(1)
-  tau, direction = folding.fold_thresholds(one, one, 0 * one, 0 * one, one - 1e-5, 1e-5,
+  tau, _, direction = folding.fold_thresholds(one, one, 0 * one, 0 * one, one - 1e-5, 1e-5,
                                            0 * one, one, 0 * one, 1.0, np.array([2.0, 5.0]))
   assert direction[0] == 1
   np.testing.assert_array_equal(tau[0], [3, 6])       # v > 2 iff v >= floor(2) + 1
+  # slope -1 (|t|): beta1 > 0 counts |v| > 2, i.e. v outside [-2, 2]; beta1 < 0
+  # with thresholds -2, -5 counts -|v| > -2, i.e. v inside [-1, 1]
+  tau, hi, direction = folding.fold_thresholds(one, one, 0 * one, 0 * one, one - 1e-5, 1e-5,
+                                               0 * one, -one, 0 * one, 1.0, np.array([2.0]))
+  assert direction[0] == 2 and (tau[0, 0], hi[0, 0]) == (-2, 2)
+  tau, hi, direction = folding.fold_thresholds(one, one, 0 * one, 0 * one, one - 1e-5, 1e-5,
+                                               0 * one, -one, 0 * one, -1.0, np.array([-2.0]))
+  assert direction[0] == -2 and (tau[0, 0], hi[0, 0]) == (-1, 1)
 
 
 @pytest.mark.parametrize('bits', range(1, 9))
