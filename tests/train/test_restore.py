@@ -1,0 +1,52 @@
+"""load_model rebuilds a run's model from config.json and restores the latest
+checkpoint, a given step or the best one, in evaluation mode."""
+
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from n2uq_jax import data
+from n2uq_jax.train import config_lib, load_model, loop
+
+
+def _checkpoint_params(directory, step):
+  manager = ocp.CheckpointManager(directory)
+  restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))
+  manager.close()
+  return jax.tree.map(np.asarray, restored['model']['params'])
+
+
+def test_load_model_latest_step_and_best(tmp_path, quiet_config, compilation_cache):
+  config = quiet_config(config_lib.default_config('w2a2'), loss='ce', num_train_steps=6,
+                        global_batch_size=16, checkpoint_every_steps=3, eval_every_steps=3,
+                        log_every_steps=3, keep_checkpoints=2)
+  run_dir = str(tmp_path / 'w2a2')
+  summary = loop.train_and_evaluate(config, run_dir)
+  pipeline = data.create_pipeline(config.data, per_host_batch_size=16, seed=0)
+  batch = next(iter(pipeline.eval_batches()))
+
+  latest = load_model(run_dir)
+  params = _checkpoint_params(os.path.join(run_dir, 'checkpoints'), 6)
+  np.testing.assert_array_equal(np.asarray(latest.fc.kernel.get_value()), params['fc']['kernel'])
+  logits = np.asarray(latest(batch['image']))
+  np.testing.assert_array_equal(logits, np.asarray(latest(batch['image'])))  # eval mode: no BN update
+  accuracy = np.mean(logits.argmax(-1) == batch['label'])
+  assert accuracy > 0.1
+
+  early = load_model(run_dir, step=3)
+  params3 = _checkpoint_params(os.path.join(run_dir, 'checkpoints'), 3)
+  np.testing.assert_array_equal(np.asarray(early.fc.kernel.get_value()), params3['fc']['kernel'])
+  best = load_model(run_dir, step='best')
+  assert summary['best_eval_accuracy'] is not None and best is not None
+
+  with pytest.raises(ValueError, match='no checkpoint at step 5'):
+    load_model(run_dir, step=5)
+  with pytest.raises(ValueError, match='does not exist'):
+    load_model(str(tmp_path / 'missing'))
+  with pytest.raises(ValueError, match='no config.json'):
+    load_model(str(tmp_path))
+  with pytest.raises(ValueError, match='step must be'):
+    load_model(run_dir, step='last')
