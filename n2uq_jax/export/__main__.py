@@ -1,5 +1,5 @@
-"""``python -m n2uq_jax.export RUN_DIR OUT_DIR [--step N|best]``: exports a variant
-run directory and prints the size report."""
+"""``python -m n2uq_jax.export RUN_DIR OUT_DIR [--step N|best] [--no-onnx] [--overwrite]``:
+exports a variant run directory and prints the size report."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ def main(argv=None) -> int:
   parser.add_argument('--step', type=_step, default=None,
                       help='checkpoint step, or "best" (default: the latest)')
   parser.add_argument('--no-onnx', action='store_true', help='skip model.onnx')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace an export already in OUT_DIR (refused by default)')
   args = parser.parse_args(argv)
   try:
     report = export_run(args.run_dir, args.out_dir, step=args.step,
-                        write_onnx=not args.no_onnx)
+                        write_onnx=not args.no_onnx, overwrite=args.overwrite)
   except ValueError as error:
     print(f'error: {error}', file=sys.stderr)
     return 2

@@ -30,15 +30,29 @@ def float_parameter_bytes(model: nnx.Module) -> dict[str, int]:
   return out
 
 
+def _refuse_to_overwrite(out_dir: str) -> None:
+  present = [name for name in (tables.TABLES_FILE, tables.MANIFEST_FILE, ONNX_FILE)
+             if os.path.exists(os.path.join(out_dir, name))]
+  if present:
+    raise ValueError(f'{out_dir!r} already holds an export ({", ".join(present)}); refusing '
+                     'to overwrite it: choose another output directory, or pass '
+                     'overwrite=True (--overwrite)')
+
+
 def export_model(model: nnx.Module, out_dir: str, *, model_name: str,
-                 source: dict[str, Any] | None = None, write_onnx: bool = True
-                 ) -> dict[str, Any]:
+                 source: dict[str, Any] | None = None, write_onnx: bool = True,
+                 overwrite: bool = False) -> dict[str, Any]:
   """Exports an N2UQ model (evaluation mode) into ``out_dir``.
 
   Writes ``tables.safetensors``, ``manifest.json`` and (``write_onnx``)
   ``model.onnx``. Returns the size report of :func:`tables.size_report` with the
   manifest under ``"manifest"``.
+
+  Raises:
+    ValueError: ``out_dir`` already holds an export and ``overwrite`` is False.
   """
+  if not overwrite:
+    _refuse_to_overwrite(out_dir)
   model.eval()
   graph = graph_lib.fold(graph_lib.trace_model(model))
   stem = next(n for n in graph.nodes if n.op == 'conv')
@@ -55,16 +69,18 @@ def export_model(model: nnx.Module, out_dir: str, *, model_name: str,
   return report
 
 
-def export_run(run_dir: str, out_dir: str, *, step=None, write_onnx: bool = True
-               ) -> dict[str, Any]:
+def export_run(run_dir: str, out_dir: str, *, step=None, write_onnx: bool = True,
+               overwrite: bool = False) -> dict[str, Any]:
   """Exports the checkpoint of a variant run directory (``step`` as in
-  :func:`n2uq_jax.train.load_model`)."""
+  :func:`n2uq_jax.train.load_model`; ``overwrite`` as in :func:`export_model`)."""
+  if not overwrite:
+    _refuse_to_overwrite(out_dir)
   from n2uq_jax.train import restore  # pylint: disable=g-import-not-at-top
   run = restore.restore_run(run_dir, step=step)
   source = {'step': run.step, 'checkpoint_sha256': run.checkpoint_sha256,
             'variant': str(run.config.variants), 'method': str(run.config.method)}
   return export_model(run.model, out_dir, model_name=run.model_name, source=source,
-                      write_onnx=write_onnx)
+                      write_onnx=write_onnx, overwrite=overwrite)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -74,6 +74,18 @@ def test_cli_refuses_a_missing_step_with_a_clear_error(exported, tmp_path):
   assert 'no checkpoint at step 7' in result.stderr and '[40]' in result.stderr
 
 
+def test_cli_never_overwrites_an_export(exported):
+  run_dir, out_dir, _, _ = exported
+  before = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in os.listdir(out_dir)}
+  result = subprocess.run([sys.executable, '-m', 'n2uq_jax.export', run_dir, out_dir, '--no-onnx'],
+                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2
+  assert 'already holds an export' in result.stderr and '--overwrite' in result.stderr
+  assert {name: os.path.getmtime(os.path.join(out_dir, name))
+          for name in os.listdir(out_dir)} == before
+
+
 def test_engines_reproduce_the_fake_quantized_model(exported):
   run_dir, out_dir, images, _ = exported
   model = load_model(run_dir)
