@@ -49,6 +49,10 @@ OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('epoch_linear', 'linear', 'cosine', 'constant')
 LOSSES = ('kd', 'ce')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+NONFINITE_POLICIES = ('stop', 'skip')
+"""What a step with a NaN or inf loss, gradient or update does: ``stop`` the run with an
+error naming the step (the parameters stay those of the step before), or ``skip`` it
+(leave the parameters, count it in the metrics as ``nonfinite_steps``)."""
 
 _BITS_TOKEN = re.compile(r'^w([1-8])a([1-8])$')
 FP_DOWNSAMPLE_TOKEN = 'fp_downsample'
@@ -56,6 +60,7 @@ FP_DOWNSAMPLE_TOKEN = 'fp_downsample'
 RUNTIME_FIELDS = (
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'async_checkpointing',
     'progress_bar', 'tensorboard', 'compilation_cache_dir', 'distributed', 'eval_every_steps',
+    'nonfinite_policy',
 )
 """Fields that may change between a run and its resumption: they do not change the
 trained parameters. Every other field must match the config stored in the workdir."""
@@ -225,6 +230,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   config.async_checkpointing = True
+  config.nonfinite_policy = 'stop'  # or 'skip' (NONFINITE_POLICIES)
   config.progress_bar = True
   config.tensorboard = True
   config.compilation_cache_dir = '~/.cache/n2uq_jax/jax'
@@ -355,6 +361,7 @@ def validate(config) -> None:
   _choice(config, 'loss', LOSSES)
   _choice(config, 'fp_loss', LOSSES)
   _choice(config, 'compute_dtype', COMPUTE_DTYPES)
+  _choice(config, 'nonfinite_policy', NONFINITE_POLICIES)
   for field in ('global_batch_size', 'num_epochs', 'learning_rate', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'kd_temperature'):
     _positive(config, field)
