@@ -164,8 +164,8 @@ def restore_newest_good(manager: ocp.CheckpointManager, restore_fn: Callable[[in
       return result, step
     problems.append((step, problem))
   raise ValueError(f'no {what} checkpoint in {manager.directory} restores: ' + '; '.join(
-      f'step {step}: {problem}' for step, problem in problems) + '. Nothing was moved or '
-      'deleted; move the bad steps away or start a new workdir')
+      f'step {step} is corrupt ({problem})' for step, problem in problems) + '. Nothing was '
+      'moved or deleted')
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
@@ -315,7 +315,11 @@ class Checkpointer:
 
     if step is not None:
       return (*restore_step(step), step)
-    found = restore_newest_good(self.latest, restore_step, what='training', quarantine=True)
+    try:
+      found = restore_newest_good(self.latest, restore_step, what='training', quarantine=True)
+    except ValueError as error:
+      raise ValueError(f'{error}; move the bad steps away (or start a new workdir) to '
+                       'train from scratch') from error
     if found is None:
       raise ValueError(f'no checkpoint in {self.latest.directory}')
     (state, data_state), step = found
@@ -443,7 +447,7 @@ def restore_model(path: str, abstract_params, abstract_model_state) -> tuple[Any
       found = restore_newest_good(manager, restore_from(manager), what='model',
                                   quarantine=False)
     except ValueError as error:
-      _warn(str(error))
+      _warn(f'{error}; trying the next candidate of {path!r}')
       failures.append(str(error))
       continue
     finally:
