@@ -185,10 +185,19 @@ class IteratorStateHandler(ocp.CheckpointHandler):
     self._filename(directory).write_text(json.dumps(record))
 
   def restore(self, directory: epath.Path, args: 'IteratorStateRestore | None' = None):
+    """This process's state; from a run with another number of processes, process 0's.
+
+    The latter is exact for this project's pipelines, whose state is the count of
+    global steps taken (every host's batch ``k`` is its share of global batch ``k``).
+    """
     filename = self._filename(directory)
     if not filename.exists():
-      raise ValueError(f'no data-iterator state for this process in {directory} (was the run '
-                       f'saved with a different number of processes?)')
+      saved = sorted(directory.glob('process_0-of-*.json'))
+      if not saved:
+        raise ValueError(f'no data-iterator state in {directory}')
+      logging.info('%s was written by another number of processes; taking %s', directory,
+                   saved[0].name)
+      filename = saved[0]
     record = json.loads(filename.read_text())
     if 'bytes' in record:
       return base64.b64decode(record['bytes'])

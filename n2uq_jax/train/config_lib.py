@@ -222,7 +222,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.compute_dtype = 'float32'
   config.mesh = ml_collections.ConfigDict({'fsdp': 1, 'fsdp_min_size': 2 ** 18})
   config.distributed = ml_collections.ConfigDict({
-      'enabled': False, 'coordinator_address': '', 'num_processes': -1, 'process_id': -1})
+      'enabled': False, 'coordinator_address': '', 'num_processes': -1, 'process_id': -1,
+      'initialization_timeout': 300, 'barrier_timeout': 600})  # seconds
   config.seed = 0
 
   config.log_every_steps = 20
@@ -378,6 +379,10 @@ def validate(config) -> None:
   for field in ('teacher_model', 'init_model'):
     if config[field] and config[field].removesuffix(':fp') not in names:
       raise ValueError(f'{field}={config[field]!r} is not a model; valid: {names}')
+  for field in ('initialization_timeout', 'barrier_timeout'):
+    value = config.distributed.get(field, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'distributed.{field}={value!r} must be a positive integer (seconds)')
   if config.mesh.fsdp < 1:
     raise ValueError(f'mesh.fsdp={config.mesh.fsdp!r} must be >= 1')
 

@@ -25,9 +25,7 @@ from flax import nnx
 from n2uq_jax import models, nn
 from n2uq_jax.train import checkpoint as checkpoint_lib
 from n2uq_jax.train import config_lib, metrics as metrics_lib, optimizer as optimizer_lib
-from n2uq_jax.train import preemption, sharding, step as step_lib
-
-_DISTRIBUTED_INITIALIZED = False
+from n2uq_jax.train import distributed, preemption, sharding, step as step_lib
 
 
 def _say(message: str) -> None:
@@ -39,17 +37,8 @@ def _say(message: str) -> None:
 
 def initialize_distributed(config) -> None:
   """``jax.distributed.initialize`` when ``config.distributed.enabled`` (once, before
-  any other JAX call). Empty/negative fields are left to JAX's auto-detection
-  (Cloud TPU, SLURM, ...)."""
-  global _DISTRIBUTED_INITIALIZED
-  dist = config.distributed
-  if not dist.enabled or _DISTRIBUTED_INITIALIZED:
-    return
-  jax.distributed.initialize(
-      coordinator_address=dist.coordinator_address or None,
-      num_processes=dist.num_processes if dist.num_processes > 0 else None,
-      process_id=dist.process_id if dist.process_id >= 0 else None)
-  _DISTRIBUTED_INITIALIZED = True
+  any other JAX call); see :func:`n2uq_jax.train.distributed.initialize`."""
+  distributed.initialize(config.distributed)
 
 
 def configure_compilation_cache(directory: str) -> None:
@@ -223,8 +212,11 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
                                label_smoothing=config.label_smoothing,
                                kd_temperature=config.kd_temperature, teacher_def=teacher_def),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(step_lib.make_eval_step(model_def), out_shardings=replicated)
-  stats_fn = jax.jit(step_lib.make_quantizer_stats_fn(model_def), out_shardings=replicated)
+  eval_step = distributed.SyncedJit(
+      jax.jit(step_lib.make_eval_step(model_def), out_shardings=replicated), 'eval_step')
+  stats_fn = distributed.SyncedJit(
+      jax.jit(step_lib.make_quantizer_stats_fn(model_def), out_shardings=replicated),
+      'quantizer_stats')
 
   writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.tensorboard, enabled=is_main)
 
@@ -301,7 +293,7 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
       batch = sharding.global_batch(next(it), mesh)
       if compiled is None:
         t0 = time.perf_counter()
-        compiled = train_step.lower(state, batch, teacher).compile()
+        compiled = distributed.SyncedJit(train_step, 'train_step').compile(state, batch, teacher)
         compile_seconds = time.perf_counter() - t0
         writer.write({'step': step, 'compile_seconds': round(compile_seconds, 3)})
         loop_start = window_start = time.perf_counter()
