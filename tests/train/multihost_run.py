@@ -3,6 +3,10 @@ mock data, for tests/train/test_multihost.py. XLA_FLAGS must give the device cou
 
     python -m tests.train.multihost_run WORKDIR OUT.json --processes P --process-id I
         --port PORT [--steps 6] [--stop-after 3] [--cache DIR] [--variant w2a2]
+        [--delay SECONDS]
+
+``--delay`` slows every batch down and prints ``BATCH <n>`` as batch n is taken (so
+that a test can signal one process mid-run).
 
 Prints nothing unusual; writes OUT.json (process 0) with the logged training losses and
 the devices, and the final checkpoint's parameters to OUT.json.npz.
@@ -12,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 
 def main():
@@ -25,6 +30,7 @@ def main():
   parser.add_argument('--stop-after', type=int, default=0)
   parser.add_argument('--variant', default='w2a2')
   parser.add_argument('--cache', default='')
+  parser.add_argument('--delay', type=float, default=0.0)
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -46,7 +52,15 @@ def main():
         num_processes=args.processes, process_id=args.process_id))
   loop.initialize_distributed(config)
   loop.configure_compilation_cache(args.cache)
-  pipeline = MockPipeline(per_host_batch_size=16 // args.processes, image_shape=(8, 8, 1),
+  class SlowPipeline(MockPipeline):
+
+    def train_batch(self, index):
+      if args.delay:
+        print(f'BATCH {index + 1}', flush=True)
+        time.sleep(args.delay)
+      return super().train_batch(index)
+
+  pipeline = SlowPipeline(per_host_batch_size=16 // args.processes, image_shape=(8, 8, 1),
                           num_classes=10, process_index=jax.process_index(),
                           process_count=jax.process_count())
   summary = loop.train_and_evaluate(config, args.workdir, pipeline=pipeline,
@@ -62,7 +76,7 @@ def main():
                                    for p, v in flat})
     losses = {r['step']: r['loss'] for r in metrics.read_metrics(args.workdir) if 'loss' in r}
     with open(args.out, 'w') as f:
-      json.dump({'losses': losses, 'step': summary['step'], 'checkpoint_step': step,
+      json.dump({'losses': losses, 'step': summary['step'], 'preempted': summary['preempted'], 'checkpoint_step': step,
                  'processes': jax.process_count(), 'devices': jax.device_count(),
                  'eval_accuracy': summary['final_eval_accuracy']}, f)
   return 0
