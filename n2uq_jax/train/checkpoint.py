@@ -38,7 +38,8 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
+
+from n2uq_jax.train import distributed
 
 MANIFEST = 'sha256.json'
 """Name of the integrity manifest inside a committed step directory."""
@@ -110,8 +111,7 @@ def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
 
 
 def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+  distributed.barrier(name)
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
