@@ -278,7 +278,11 @@ class Checkpointer:
           write_manifest(_step_dir(manager, step))
 
   def _save(self, manager: ocp.CheckpointManager, step: int, args, **kwargs) -> None:
-    self._commit(manager)
+    # One save in flight at a time, across both managers: with several processes,
+    # orbax names its barriers by step, and a best/ and a checkpoints/ save of the same
+    # step in flight together would meet at the same barrier name and fail.
+    self._commit(self.latest)
+    self._commit(self.best)
     try:
       manager.save(step, args=args, force=True, **kwargs)
     except Exception as error:  # pylint: disable=broad-except
