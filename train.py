@@ -15,6 +15,10 @@ prints both accuracies.
   from it with ``--config.init_checkpoint=OLD_WORKDIR/VARIANT``).
 * A bad flag, config value, dataset or checkpoint prints one ``train.py: error: ...``
   message and exits with status 2; ``--verbosity=1`` (or ``-v 1``) shows the traceback.
+  A run that diverges (a NaN/inf step with ``nonfinite_policy='stop'``) prints one such
+  line naming the step and exits with status 1.
+* SIGTERM (a preemption notice) or Ctrl-C checkpoints the current step and exits with
+  status 0 after a line naming the step; the same command resumes from there.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from ml_collections import config_flags
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                                'default.py')
 _USAGE_ERROR_STATUS = 2
+_DIVERGED_STATUS = 1
 
 
 def define_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -79,11 +84,11 @@ def _root_message(error: BaseException) -> str:
   return str(innermost)
 
 
-def _fail(error: BaseException, argv: list[str]) -> None:
+def _fail(error: BaseException, argv: list[str], status: int = _USAGE_ERROR_STATUS) -> None:
   if _wants_traceback(argv):
     raise error
   print(f'train.py: error: {_root_message(error)}', file=sys.stderr, flush=True)
-  sys.exit(_USAGE_ERROR_STATUS)
+  sys.exit(status)
 
 
 def main(argv):
@@ -91,7 +96,7 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  from n2uq_jax.train import loop  # pylint: disable=g-import-not-at-top
+  from n2uq_jax.train import loop, step  # pylint: disable=g-import-not-at-top
   try:
     config = flags.FLAGS.config  # loads the config file
     # Multi-host setup must precede every other JAX call.
@@ -102,6 +107,8 @@ def main(argv):
                  jax.device_count())
     start = time.perf_counter()
     summaries = loop.run(config, workdir)
+  except step.DivergenceError as error:
+    _fail(error, sys.argv, _DIVERGED_STATUS)
   except (ValueError, FileNotFoundError, NotADirectoryError) as error:
     _fail(error, sys.argv)
   except OSError as error:

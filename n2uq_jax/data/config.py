@@ -20,6 +20,9 @@ Fields (an ml_collections.ConfigDict or any object with these attributes):
     and resizing release the GIL); 0 transforms on demand.
   prefetch_buffer_size: batches each process prepares ahead (and the training process
     normalises ahead, in a thread); 0 prepares each batch on demand.
+  bad_images: image folders only: "fail" (an unreadable or truncated image raises an
+    error naming the file) or "skip" (it is replaced by the next good image, with a
+    counted warning; every image is decoded once more to check it).
 
 There is no shuffle buffer: every epoch is a full random permutation of the split.
 """
@@ -53,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
       "worker_count": 0,
       "read_threads": 1,
       "prefetch_buffer_size": 2,
+      "bad_images": "fail",
   })
 
 
@@ -86,6 +90,9 @@ def validate(config: Any) -> None:
   _check_int(config, "worker_count", 0)
   _check_int(config, "read_threads", 0)
   _check_int(config, "prefetch_buffer_size", 0)
+  bad_images = getattr(config, "bad_images", "fail")
+  if bad_images not in ("fail", "skip"):
+    raise ValueError(f"bad_images={bad_images!r} must be one of ('fail', 'skip')")
   for field in ("mean", "std"):
     values = getattr(config, field)
     if (

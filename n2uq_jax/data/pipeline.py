@@ -32,6 +32,7 @@ import numpy as np
 
 from n2uq_jax.data import config as config_lib
 from n2uq_jax.data import decode
+from n2uq_jax.data import folder
 from n2uq_jax.data import sharding
 from n2uq_jax.data import source as source_lib
 from n2uq_jax.data import sources
@@ -43,6 +44,24 @@ def _derived_seeds(seed: int, count: int) -> list[int]:
   if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
     raise ValueError(f"seed={seed!r} must be a non-negative integer")
   return [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(count)]
+
+
+class _NameBadImages:
+  """Wraps a transform: an image that does not decode raises a ValueError naming the
+  record's file (image folders; other sources name the record's label)."""
+
+  def __init__(self, transform):
+    self.transform = transform
+
+  def __call__(self, record, *rng):
+    try:
+      return self.transform(record, *rng)
+    except folder.DECODE_ERRORS as error:
+      where = record.get("path") or f"a record with label {record.get('label')}"
+      raise ValueError(
+          f"cannot decode the image {where}: {type(error).__name__}: {error}. Replace or "
+          "remove the file, or set the data config's bad_images='skip'"
+      ) from error
 
 
 class _NormalizeImages:
@@ -118,7 +137,8 @@ class Pipeline:
     sharding.check_process(process_index, process_count)
     self._shuffle_seed, self._augment_seed = _derived_seeds(seed, 2)
     self._train_source, self._eval_source = train_source, eval_source
-    self._train_transform, self._eval_transform = train_transform, eval_transform
+    self._train_transform = _NameBadImages(train_transform)
+    self._eval_transform = _NameBadImages(eval_transform)
     self._normalize = _NormalizeImages(normalize)
     self._prefetch_buffer_size = prefetch_buffer_size
     self.num_classes = train_source.num_classes
@@ -131,6 +151,12 @@ class Pipeline:
     self.steps_per_epoch = sharding.train_steps_per_epoch(
         self.num_train_examples, per_host_batch_size, process_count
     )
+    if self.global_batch_size > self.num_eval_examples:
+      raise ValueError(
+          f"the global batch ({per_host_batch_size} per host x {process_count} hosts = "
+          f"{self.global_batch_size}) is larger than the eval split ({self.num_eval_examples} "
+          "examples): lower global_batch_size or use a larger eval split"
+      )
     self.num_eval_batches = sharding.eval_batches_per_host(
         self.num_eval_examples, per_host_batch_size, process_count
     )
@@ -220,7 +246,12 @@ def _check_native_size(train_source: source_lib.ImageSource, config: Any) -> Non
   """For transforms that do not resize, the images must already be image_size."""
   if config.transform == "imagenet":
     return
-  height, width = decode.to_array(train_source[0]["image"], train_source.channels).shape[:2]
+  record = train_source[0]
+  try:
+    height, width = decode.to_array(record["image"], train_source.channels).shape[:2]
+  except folder.DECODE_ERRORS as error:
+    raise ValueError(f"cannot decode the image {record.get('path', 'of record 0')}: "
+                     f"{type(error).__name__}: {error}") from error
   if (height, width) != (config.image_size, config.image_size):
     raise ValueError(
         f"image_size={config.image_size} with transform={config.transform!r}, but the "

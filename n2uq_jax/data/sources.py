@@ -37,7 +37,8 @@ def open_source(
   if config.source == "folder":
     if not config.data_dir:
       raise ValueError("source 'folder' needs data_dir, the folder holding <split>/<class>/")
-    return folder.ImageFolderSource(config.data_dir, split, classes)
+    return folder.ImageFolderSource(config.data_dir, split, classes,
+                                    bad_images=getattr(config, "bad_images", "fail"))
   raise ValueError(f"source {config.source!r} is not one of {SOURCES}")
 
 

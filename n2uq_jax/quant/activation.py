@@ -131,7 +131,9 @@ def n2uq_activation_codes(x, offset, intervals, input_scale, *, bits) -> jax.Arr
     bits: bit-width in 1..8.
 
   Returns:
-    int32 array shaped like ``x`` with values in ``0..2**bits - 1``.
+    int32 array shaped like ``x`` with values in ``0..2**bits - 1``. Non-finite
+    inputs follow the strict comparison: ``+inf`` gets the top code ``2**bits - 1``,
+    ``-inf`` and NaN (every comparison with NaN is false) get code 0.
   """
   bits = _check_arguments(x, offset, intervals, input_scale,
                           jnp.ones((), jnp.result_type(input_scale)), bits)
@@ -160,6 +162,14 @@ def n2uq_activation(x, offset, intervals, input_scale, output_scale, *, bits) ->
 
   Returns:
     Array shaped and typed like ``x``, on the levels ``output_scale * Delta * k``.
+
+  Non-finite ``x`` (tested in tests/quant/test_properties.py): the forward maps
+  ``+inf`` to the top level and ``-inf`` and NaN to 0 (their codes, see
+  :func:`n2uq_activation_codes`), so the output stays finite. Their gradient with
+  respect to ``x`` is 0 (they lie in no segment), the gradients of ``offset``,
+  ``intervals`` and ``output_scale`` stay finite, and the gradient of
+  ``input_scale`` (a sum of ``x`` times the upstream gradient over the segments)
+  is NaN as soon as any element of ``x`` is not finite.
 
   Raises:
     ValueError: for bits outside 1..8, an ``intervals`` of the wrong length,

@@ -81,7 +81,8 @@ def dorefa_weight(w, *, bits) -> jax.Array:
     value = jnp.mean(jnp.abs(wf)) * jnp.where(wf >= 0, 1.0, -1.0).astype(wf.dtype)
     return _straight_through(value, wf).astype(w.dtype)
   squashed = jnp.tanh(wf)
-  unit = squashed / (2 * jnp.max(jnp.abs(squashed))) + 0.5
+  # initial=0: an empty w has no maximum (and abs >= 0 leaves every other max alone)
+  unit = squashed / (2 * jnp.max(jnp.abs(squashed), initial=0.0)) + 0.5
   return (2 * _quantize_unit(unit, 2 ** bits - 1) - 1).astype(w.dtype)
 
 

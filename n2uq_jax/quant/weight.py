@@ -94,6 +94,13 @@ def n2uq_weight(w, *, bits, channel_axis=-1) -> jax.Array:
   Returns:
     ``sigma_o * (2 q / K - 1)`` shaped and typed like ``w``. Its gradient is
     the upstream gradient divided by ``sigma_o``, everywhere (no clip mask).
+
+  Non-finite ``w`` (tested in tests/quant/test_properties.py): a NaN or inf makes its
+  channel's ``sigma_o`` NaN or inf, and so every output of that channel NaN (a NaN
+  in the channel) or +-inf (an inf, no NaN); the other channels are unaffected.
+  :func:`n2uq_weight_codes` of such a channel are unspecified. The gradient of a
+  channel whose ``sigma_o`` is inf is 0; of one whose ``sigma_o`` is NaN, the upstream
+  gradient unscaled (the all-zero-channel guard divides by 1).
   """
   w, bits, reduce_axes = _prepare(w, bits, channel_axis)
   return _n2uq_weight(bits, reduce_axes, w)

@@ -12,19 +12,160 @@ Layout of a run's workdir::
 Items: ``model`` = ``{"params", "model_state"}`` (pure dicts of the NNX variables),
 ``train`` = ``{"step", "opt_state"}``, ``data`` = the input iterator's state, one JSON
 file per process (``process_<i>-of-<n>.json``), ``info`` = JSON.
+
+Integrity: once a checkpoint has committed, process 0 writes ``<step>/sha256.json``, the
+size and SHA-256 of every file in it. A restore checks that manifest (a checkpoint
+without one, e.g. cut short between commit and manifest, is checked by orbax's restore
+alone). A corrupt or truncated checkpoint is reported with a warning naming the step and
+the file and moved aside to ``checkpoints.corrupt/<step>`` (``best.corrupt/``); the run
+resumes from the newest good one. Nothing is ever deleted by this, and if no checkpoint
+restores, nothing is moved and the restore fails. A failed save raises
+:class:`CheckpointSaveError`; orbax removes old checkpoints only after a new one commits.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
 import os
-from typing import Any
+import sys
+import time
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+
+from n2uq_jax.train import distributed
+
+MANIFEST = 'sha256.json'
+"""Name of the integrity manifest inside a committed step directory."""
+
+
+class CheckpointSaveError(RuntimeError):
+  """A checkpoint could not be written (older checkpoints are left untouched)."""
+
+
+def _warn(message: str) -> None:
+  logging.warning(message)
+  if jax.process_index() == 0:
+    print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _files(step_dir: str) -> list[str]:
+  """Every file under ``step_dir`` (relative, sorted), the manifest excluded."""
+  found = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      relative = os.path.relpath(os.path.join(root, name), step_dir)
+      if relative != MANIFEST:
+        found.append(relative)
+  return sorted(found)
+
+
+def write_manifest(step_dir: str) -> None:
+  """Writes ``step_dir/sha256.json`` (``{file: [size, sha256]}``) atomically."""
+  entries = {name: [os.path.getsize(os.path.join(step_dir, name)),
+                    _sha256(os.path.join(step_dir, name))] for name in _files(step_dir)}
+  temporary = os.path.join(step_dir, MANIFEST + '.tmp')
+  with open(temporary, 'w', encoding='utf-8') as f:
+    json.dump(entries, f, indent=0, sort_keys=True)
+  os.replace(temporary, os.path.join(step_dir, MANIFEST))
+
+
+def verify_manifest(step_dir: str) -> str | None:
+  """``None`` if every file of ``step_dir`` matches its manifest (or there is none),
+  else what is wrong, naming the file."""
+  path = os.path.join(step_dir, MANIFEST)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path, encoding='utf-8') as f:
+      entries = json.load(f)
+  except (OSError, ValueError) as error:
+    return f'{path}: unreadable manifest ({error})'
+  for name, (size, digest) in sorted(entries.items()):
+    file = os.path.join(step_dir, name)
+    if not os.path.exists(file):
+      return f'{file}: missing'
+    if os.path.getsize(file) != size:
+      return f'{file}: {os.path.getsize(file)} bytes, {size} when written (truncated?)'
+    if _sha256(file) != digest:
+      return f'{file}: content changed since it was written (SHA-256 mismatch)'
+  return None
+
+
+def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(str(manager.directory), str(step))
+
+
+def _sync(name: str) -> None:
+  distributed.barrier(name)
+
+
+def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
+  """Moves a corrupt step out of the manager's directory (process 0), never deleting it.
+
+  Returns:
+    Where it went: ``<manager dir>.corrupt/<step>`` (``-<time>`` added if taken).
+  """
+  source = _step_dir(manager, step)
+  target_root = str(manager.directory).rstrip('/') + '.corrupt'
+  target = os.path.join(target_root, str(step))
+  if os.path.exists(target):
+    target += f'-{int(time.time())}'
+  if jax.process_index() == 0:
+    os.makedirs(target_root, exist_ok=True)
+    os.replace(source, target)
+  _sync(f'n2uq_quarantine_{step}')
+  manager.reload()
+  return target
+
+
+def restore_newest_good(manager: ocp.CheckpointManager, restore_fn: Callable[[int], Any], *,
+                        what: str, quarantine: bool) -> tuple[Any, int] | None:
+  """``(restore_fn(step), step)`` for the newest step whose manifest checks and whose
+  restore succeeds; ``None`` if the manager holds no checkpoint.
+
+  Each bad step gets a warning naming the step and the file. With ``quarantine`` the
+  bad steps newer than the good one are moved aside (so that the run can write those
+  steps again); without, they are left in place.
+
+  Raises:
+    ValueError: there are checkpoints, but none restores (nothing was moved).
+  """
+  steps = sorted(manager.all_steps() or [], reverse=True)
+  if not steps:
+    return None
+  problems = []
+  for step in steps:
+    problem = verify_manifest(_step_dir(manager, step))
+    if problem is None:
+      try:
+        result = restore_fn(step)
+      except Exception as error:  # pylint: disable=broad-except
+        problem = f'{_step_dir(manager, step)}: {type(error).__name__}: {error}'
+    if problem is None:
+      for bad_step, bad in problems:
+        moved = _quarantine(manager, bad_step) if quarantine else None
+        _warn(f'{what} checkpoint step {bad_step} is corrupt ({bad}); '
+              + (f'moved it to {moved}, ' if moved else '') + f'using step {step} instead')
+      return result, step
+    problems.append((step, problem))
+  raise ValueError(f'no {what} checkpoint in {manager.directory} restores: ' + '; '.join(
+      f'step {step} is corrupt ({problem})' for step, problem in problems) + '. Nothing was '
+      'moved or deleted')
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
@@ -44,10 +185,19 @@ class IteratorStateHandler(ocp.CheckpointHandler):
     self._filename(directory).write_text(json.dumps(record))
 
   def restore(self, directory: epath.Path, args: 'IteratorStateRestore | None' = None):
+    """This process's state; from a run with another number of processes, process 0's.
+
+    The latter is exact for this project's pipelines, whose state is the count of
+    global steps taken (every host's batch ``k`` is its share of global batch ``k``).
+    """
     filename = self._filename(directory)
     if not filename.exists():
-      raise ValueError(f'no data-iterator state for this process in {directory} (was the run '
-                       f'saved with a different number of processes?)')
+      saved = sorted(directory.glob('process_0-of-*.json'))
+      if not saved:
+        raise ValueError(f'no data-iterator state in {directory}')
+      logging.info('%s was written by another number of processes; taking %s', directory,
+                   saved[0].name)
+      filename = saved[0]
     record = json.loads(filename.read_text())
     if 'bytes' in record:
       return base64.b64decode(record['bytes'])
@@ -105,6 +255,8 @@ class Checkpointer:
             max_to_keep=1, best_fn=lambda m: m['eval_accuracy'], best_mode='max',
             keep_checkpoints_without_metrics=False, enable_async_checkpointing=async_save,
             create=True))
+    self._unhashed: list[tuple[ocp.CheckpointManager, int]] = []
+    self._best_checked = False
     # Read once, while no save is in flight: with asynchronous saving the metrics
     # of a best checkpoint still being written are not yet readable.
     self._best_accuracy = self._saved_best_accuracy()
@@ -112,35 +264,97 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
+  def _commit(self, manager: ocp.CheckpointManager) -> None:
+    """Waits for ``manager``'s save in flight, then writes the manifests of the steps
+    that have committed since (process 0)."""
+    try:
+      manager.wait_until_finished()
+    except Exception as error:  # pylint: disable=broad-except
+      raise CheckpointSaveError(f'writing a checkpoint in {manager.directory} failed: '
+                                f'{type(error).__name__}: {error}. Older checkpoints are '
+                                'untouched') from error
+    pending = [(m, s) for m, s in self._unhashed if m is manager]
+    self._unhashed = [(m, s) for m, s in self._unhashed if m is not manager]
+    if jax.process_index() == 0:
+      for _, step in pending:
+        if os.path.isdir(_step_dir(manager, step)):  # not rotated away meanwhile
+          write_manifest(_step_dir(manager, step))
+
+  def _save(self, manager: ocp.CheckpointManager, step: int, args, **kwargs) -> None:
+    # One save in flight at a time, across both managers: with several processes,
+    # orbax names its barriers by step, and a best/ and a checkpoints/ save of the same
+    # step in flight together would meet at the same barrier name and fail.
+    self._commit(self.latest)
+    self._commit(self.best)
+    try:
+      manager.save(step, args=args, force=True, **kwargs)
+    except Exception as error:  # pylint: disable=broad-except
+      raise CheckpointSaveError(f'saving step {step} in {manager.directory} failed: '
+                                f'{type(error).__name__}: {error}. Older checkpoints are '
+                                'untouched') from error
+    self._unhashed.append((manager, step))
+
   def save(self, step: int, state, data_state: Any) -> None:
-    """Saves the training state and the iterator state at ``step``."""
-    self.latest.save(step, args=ocp.args.Composite(
+    """Saves the training state and the iterator state at ``step``.
+
+    Raises:
+      CheckpointSaveError: this save, or the asynchronous one before it, failed.
+    """
+    self._save(self.latest, step, ocp.args.Composite(
         model=ocp.args.StandardSave({'params': state.params, 'model_state': state.model_state}),
         train=ocp.args.StandardSave({'step': state.step, 'opt_state': state.opt_state}),
-        data=IteratorStateSave(data_state)), force=True)
+        data=IteratorStateSave(data_state)))
 
   def restore(self, abstract_state, step: int | None = None) -> tuple[Any, Any, int]:
-    """``(state, data_state, step)`` from ``checkpoints/`` (latest by default).
+    """``(state, data_state, step)`` from ``checkpoints/``: ``step``, or by default the
+    newest good one (corrupt newer ones are reported and moved aside, see the module
+    docstring).
 
     Args:
       abstract_state: a TrainState of ShapeDtypeStructs (with shardings).
+
+    Raises:
+      ValueError: no checkpoint restores.
     """
-    step = self.latest.latest_step() if step is None else step
-    restored = self.latest.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(
-            {'params': abstract_state.params, 'model_state': abstract_state.model_state}),
-        train=ocp.args.StandardRestore(
-            {'step': abstract_state.step, 'opt_state': abstract_state.opt_state}),
-        data=IteratorStateRestore()))
-    state = abstract_state.replace(
-        step=restored['train']['step'], params=restored['model']['params'],
-        model_state=restored['model']['model_state'], opt_state=restored['train']['opt_state'])
-    return state, restored['data'], step
+    def restore_step(step):
+      restored = self.latest.restore(step, args=ocp.args.Composite(
+          model=ocp.args.StandardRestore(
+              {'params': abstract_state.params, 'model_state': abstract_state.model_state}),
+          train=ocp.args.StandardRestore(
+              {'step': abstract_state.step, 'opt_state': abstract_state.opt_state}),
+          data=IteratorStateRestore()))
+      state = abstract_state.replace(
+          step=restored['train']['step'], params=restored['model']['params'],
+          model_state=restored['model']['model_state'],
+          opt_state=restored['train']['opt_state'])
+      return state, restored['data']
+
+    if step is not None:
+      return (*restore_step(step), step)
+    try:
+      found = restore_newest_good(self.latest, restore_step, what='training', quarantine=True)
+    except ValueError as error:
+      raise ValueError(f'{error}; move the bad steps away (or start a new workdir) to '
+                       'train from scratch') from error
+    if found is None:
+      raise ValueError(f'no checkpoint in {self.latest.directory}')
+    (state, data_state), step = found
+    return state, data_state, step
 
   def _saved_best_accuracy(self) -> float | None:
+    """The accuracy stored with the checkpoint in ``best/``; a corrupt one is reported
+    and moved aside (to ``best.corrupt/``) the first time, and counts as none."""
     step = self.best.best_step()
     if step is None:
       return None
+    if not self._best_checked:
+      self._best_checked = True
+      problem = verify_manifest(_step_dir(self.best, step))
+      if problem is not None:
+        moved = _quarantine(self.best, step)
+        _warn(f'best checkpoint step {step} is corrupt ({problem}); moved it to {moved}; '
+              'the next evaluation writes a new best')
+        return self._saved_best_accuracy()
     metrics = self.best.metrics(step)
     return None if metrics is None else float(metrics['eval_accuracy'])
 
@@ -155,17 +369,22 @@ class Checkpointer:
       return False
     if step in (self.best.all_steps() or []):
       return False
-    self.best.save(step, args=ocp.args.Composite(
+    self._save(self.best, step, ocp.args.Composite(
         model=ocp.args.StandardSave({'params': state.params, 'model_state': state.model_state}),
         info=ocp.args.JsonSave({'step': int(step), 'eval_accuracy': float(eval_accuracy),
                                 **(info or {})})),
-                   metrics={'eval_accuracy': float(eval_accuracy)}, force=True)
+               metrics={'eval_accuracy': float(eval_accuracy)})
     self._best_accuracy = float(eval_accuracy)
     return True
 
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    """Waits for the saves in flight and writes their manifests.
+
+    Raises:
+      CheckpointSaveError: a save failed.
+    """
+    self._commit(self.latest)
+    self._commit(self.best)
 
   def close(self) -> None:
     self.latest.close()
@@ -186,9 +405,7 @@ def resolve_model_checkpoint(path: str) -> tuple[str, int]:
   if '@' in os.path.basename(path):
     path, _, step_text = path.rpartition('@')
     step = int(step_text)
-  path = os.path.abspath(os.path.expanduser(path))
-  candidates = [os.path.join(path, 'best'), os.path.join(path, 'checkpoints'), path]
-  for directory in candidates:
+  for directory in _model_candidates(path):
     if not os.path.isdir(directory):
       continue
     manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
@@ -200,22 +417,66 @@ def resolve_model_checkpoint(path: str) -> tuple[str, int]:
       return directory, max(steps)
     if step in steps:
       return directory, step
-  raise ValueError(f'no checkpoint found at {path!r}' + (f' for step {step}' if step else '') +
+  raise ValueError(f'no checkpoint found at {os.path.abspath(path)!r}' + (f' for step {step}' if step else '') +
                    ': give a run directory (with best/ or checkpoints/), a checkpoint manager '
                    'directory, or DIR@STEP')
 
 
+def _model_candidates(path: str) -> list[str]:
+  path = os.path.abspath(os.path.expanduser(path))
+  return [os.path.join(path, 'best'), os.path.join(path, 'checkpoints'), path]
+
+
 def restore_model(path: str, abstract_params, abstract_model_state) -> tuple[Any, Any, str]:
   """``(params, model_state, description)`` restored from the ``model`` item of the
-  checkpoint at ``path`` (see :func:`resolve_model_checkpoint`)."""
-  directory, step = resolve_model_checkpoint(path)
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(
-        {'params': abstract_params, 'model_state': abstract_model_state})))
-  finally:
-    manager.close()
-  return restored['model']['params'], restored['model']['model_state'], f'{directory}@{step}'
+  checkpoint at ``path`` (see :func:`resolve_model_checkpoint`).
+
+  Without ``@STEP``, a corrupt checkpoint (see the module docstring) is reported and
+  the next candidate is used: older steps of the same directory, then ``checkpoints/``
+  after ``best/``. Nothing is moved or deleted (the run may belong to someone else).
+
+  Raises:
+    ValueError: no checkpoint at ``path``, or none of them restores (naming the files).
+  """
+  def restore_from(manager):
+    def restore_step(step):
+      restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(
+          {'params': abstract_params, 'model_state': abstract_model_state})))
+      return restored['model']
+    return restore_step
+
+  if '@' in os.path.basename(path):
+    directory, step = resolve_model_checkpoint(path)
+    problem = verify_manifest(os.path.join(directory, str(step)))
+    if problem is not None:
+      raise ValueError(f'checkpoint {directory}@{step} is corrupt: {problem}')
+    manager = ocp.CheckpointManager(directory,
+                                    options=ocp.CheckpointManagerOptions(create=False))
+    try:
+      model = restore_from(manager)(step)
+    finally:
+      manager.close()
+    return model['params'], model['model_state'], f'{directory}@{step}'
+  resolve_model_checkpoint(path)  # a clear error when there is no checkpoint at all
+  failures = []
+  for directory in _model_candidates(path):
+    if not os.path.isdir(directory):
+      continue
+    manager = ocp.CheckpointManager(directory,
+                                    options=ocp.CheckpointManagerOptions(create=False))
+    try:
+      found = restore_newest_good(manager, restore_from(manager), what='model',
+                                  quarantine=False)
+    except ValueError as error:
+      _warn(f'{error}; trying the next candidate of {path!r}')
+      failures.append(str(error))
+      continue
+    finally:
+      manager.close()
+    if found is not None:
+      model, step = found
+      return model['params'], model['model_state'], f'{directory}@{step}'
+  raise ValueError(f'no checkpoint at {path!r} restores: ' + ' | '.join(failures))
 
 
 def save_model(directory: str, step: int, params, model_state) -> None:
@@ -226,4 +487,6 @@ def save_model(directory: str, step: int, params, model_state) -> None:
   manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(
       {'params': params, 'model_state': model_state})), force=True)
   manager.wait_until_finished()
+  if jax.process_index() == 0:
+    write_manifest(_step_dir(manager, step))
   manager.close()

@@ -50,6 +50,10 @@ OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('epoch_linear', 'linear', 'cosine', 'constant')
 LOSSES = ('kd', 'ce')
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+NONFINITE_POLICIES = ('stop', 'skip')
+"""What a step with a NaN or inf loss, gradient or update does: ``stop`` the run with an
+error naming the step (the parameters stay those of the step before), or ``skip`` it
+(leave the parameters, count it in the metrics as ``nonfinite_steps``)."""
 
 _BITS_TOKEN = re.compile(r'^w([1-8])a([1-8])$')
 FP_DOWNSAMPLE_TOKEN = 'fp_downsample'
@@ -57,6 +61,7 @@ FP_DOWNSAMPLE_TOKEN = 'fp_downsample'
 RUNTIME_FIELDS = (
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'async_checkpointing',
     'progress_bar', 'tensorboard', 'compilation_cache_dir', 'distributed', 'eval_every_steps',
+    'nonfinite_policy',
 )
 """Fields that may change between a run and its resumption: they do not change the
 trained parameters. Every other field must match the config stored in the workdir."""
@@ -220,7 +225,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.compute_dtype = 'float32'
   config.mesh = ml_collections.ConfigDict({'fsdp': 1, 'fsdp_min_size': 2 ** 18})
   config.distributed = ml_collections.ConfigDict({
-      'enabled': False, 'coordinator_address': '', 'num_processes': -1, 'process_id': -1})
+      'enabled': False, 'coordinator_address': '', 'num_processes': -1, 'process_id': -1,
+      'initialization_timeout': 300, 'barrier_timeout': 600})  # seconds
   config.seed = 0
 
   config.log_every_steps = 20
@@ -228,6 +234,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
   config.async_checkpointing = True
+  config.nonfinite_policy = 'stop'  # or 'skip' (NONFINITE_POLICIES)
   config.progress_bar = True
   config.tensorboard = True
   config.compilation_cache_dir = '~/.cache/n2uq_jax/jax'
@@ -360,6 +367,7 @@ def validate(config) -> None:
   _choice(config, 'loss', LOSSES)
   _choice(config, 'fp_loss', LOSSES)
   _choice(config, 'compute_dtype', COMPUTE_DTYPES)
+  _choice(config, 'nonfinite_policy', NONFINITE_POLICIES)
   for field in ('global_batch_size', 'num_epochs', 'learning_rate', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'kd_temperature'):
     _positive(config, field)
@@ -380,6 +388,10 @@ def validate(config) -> None:
                              ('teacher_checkpoint', 'teacher_model')):
     if config[field]:
       interop_checkpoints.check(field, config[field], config[model_field] or config.fp_model)
+  for field in ('initialization_timeout', 'barrier_timeout'):
+    value = config.distributed.get(field, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise ValueError(f'distributed.{field}={value!r} must be a positive integer (seconds)')
   if config.mesh.fsdp < 1:
     raise ValueError(f'mesh.fsdp={config.mesh.fsdp!r} must be >= 1')
 

@@ -26,9 +26,7 @@ from n2uq_jax import models, nn
 from n2uq_jax.interop import checkpoints as interop_checkpoints
 from n2uq_jax.train import checkpoint as checkpoint_lib
 from n2uq_jax.train import config_lib, metrics as metrics_lib, optimizer as optimizer_lib
-from n2uq_jax.train import sharding, step as step_lib
-
-_DISTRIBUTED_INITIALIZED = False
+from n2uq_jax.train import distributed, preemption, sharding, step as step_lib
 
 
 def _say(message: str) -> None:
@@ -40,17 +38,8 @@ def _say(message: str) -> None:
 
 def initialize_distributed(config) -> None:
   """``jax.distributed.initialize`` when ``config.distributed.enabled`` (once, before
-  any other JAX call). Empty/negative fields are left to JAX's auto-detection
-  (Cloud TPU, SLURM, ...)."""
-  global _DISTRIBUTED_INITIALIZED
-  dist = config.distributed
-  if not dist.enabled or _DISTRIBUTED_INITIALIZED:
-    return
-  jax.distributed.initialize(
-      coordinator_address=dist.coordinator_address or None,
-      num_processes=dist.num_processes if dist.num_processes > 0 else None,
-      process_id=dist.process_id if dist.process_id >= 0 else None)
-  _DISTRIBUTED_INITIALIZED = True
+  any other JAX call); see :func:`n2uq_jax.train.distributed.initialize`."""
+  distributed.initialize(config.distributed)
 
 
 def configure_compilation_cache(directory: str) -> None:
@@ -163,9 +152,20 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
     stop_after_step: stop after this step, after its checkpoint if one is due (to
       simulate a preemption in tests).
 
+  SIGTERM or SIGINT (see :mod:`n2uq_jax.train.preemption`) stops the run after the
+  current step (the same step on every process), checkpoints that step with the data
+  iterator state, waits for the checkpoint to commit and returns with ``preempted``
+  set; running again resumes from there.
+
   Returns:
     The summary: ``variant``, ``final_eval_accuracy``, ``best_eval_accuracy``,
-    ``step``, ``train_seconds``, ``workdir``.
+    ``step``, ``train_seconds``, ``workdir``, ``preempted`` (the signal's name or
+    None), ``nonfinite_steps`` (steps skipped for a NaN/inf, this session).
+
+  Raises:
+    n2uq_jax.train.step.DivergenceError: a non-finite step with
+      ``nonfinite_policy='stop'`` (naming the step; no checkpoint is written after it).
+    n2uq_jax.train.checkpoint.CheckpointSaveError: a checkpoint could not be written.
   """
   config_lib.validate(config)
   run_variants = config_lib.variants(config)
@@ -250,8 +250,11 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
                                label_smoothing=config.label_smoothing,
                                kd_temperature=config.kd_temperature, teacher_def=teacher_def),
       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(step_lib.make_eval_step(model_def), out_shardings=replicated)
-  stats_fn = jax.jit(step_lib.make_quantizer_stats_fn(model_def), out_shardings=replicated)
+  eval_step = distributed.SyncedJit(
+      jax.jit(step_lib.make_eval_step(model_def), out_shardings=replicated), 'eval_step')
+  stats_fn = distributed.SyncedJit(
+      jax.jit(step_lib.make_quantizer_stats_fn(model_def), out_shardings=replicated),
+      'quantizer_stats')
 
   writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.tensorboard, enabled=is_main)
 
@@ -287,6 +290,29 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
   window_steps = 0
   last_eval = None
   step = start_step
+  nonfinite_steps = 0
+  stopped_by = None
+  checked = 0  # entries of `pending` whose `finite` flag has been checked
+
+  def check_finite():
+    """Raises DivergenceError (policy 'stop') if a pending step was not finite."""
+    nonlocal checked
+    if config.nonfinite_policy != 'stop' or checked == len(pending):
+      return
+    flags = jax.device_get([m['finite'] for _, m in pending[checked:]])
+    for (bad_step, _), flag in zip(pending[checked:], flags):
+      if not flag:
+        raise step_lib.DivergenceError(
+            f'[{variant.name}] non-finite loss or gradient at step {bad_step}; the update was '
+            f'not applied and the run stops (latest checkpoint: step '
+            f'{ckpt.latest_step()}). Lower the learning rate, or set '
+            "--config.nonfinite_policy=skip to skip such steps")
+    checked = len(pending)
+
+  def save_checkpoint(state, step):
+    check_finite()
+    if ckpt.latest_step() != step:
+      ckpt.save(step, state, it.get_state())
 
   def eval_and_keep_best(state, step):
     nonlocal best_accuracy, eval_seconds
@@ -298,51 +324,72 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
     eval_seconds += time.perf_counter() - t0
     return record
 
+  stop = preemption.StopRequest(mesh)
+  stop.install()
   try:
     while step < total_steps:
       batch = sharding.global_batch(next(it), mesh)
       if compiled is None:
         t0 = time.perf_counter()
-        compiled = train_step.lower(state, batch, teacher).compile()
+        compiled = distributed.SyncedJit(train_step, 'train_step').compile(state, batch, teacher)
         compile_seconds = time.perf_counter() - t0
         writer.write({'step': step, 'compile_seconds': round(compile_seconds, 3)})
         loop_start = window_start = time.perf_counter()
       state, step_metrics = compiled(state, batch, teacher)
       step += 1
-      pending.append(step_metrics)
+      pending.append((step, step_metrics))
       window_steps += 1
       if bar is not None:
         bar.update(1)
       if step % config.log_every_steps == 0 or step == total_steps:
-        values = jax.device_get(pending)
+        check_finite()
+        values = jax.device_get([m for _, m in pending])
         elapsed = time.perf_counter() - window_start
         record = {'step': step}
+        applied = [v for v in values if v['finite']] or values
         for key in ('loss', 'accuracy', 'learning_rate'):
-          record[key] = float(np.mean([v[key] for v in values]))
+          record[key] = float(np.mean([v[key] for v in applied]))
         record['images_per_second'] = window_steps * config.global_batch_size / max(elapsed, 1e-9)
+        skipped = sum(not v['finite'] for v in values)
+        if skipped:
+          nonfinite_steps += skipped
+          record['nonfinite_steps'] = skipped
+          logging.warning('[%s] skipped %d non-finite step(s) up to step %d', variant.name,
+                          skipped, step)
         writer.write(record)
         if bar is not None:
           postfix.update(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
                          img_s=f'{record["images_per_second"]:.0f}')
           bar.set_postfix(postfix)
-        pending = []
+        pending, checked = [], 0
         window_start, window_steps = time.perf_counter(), 0
       if evaluate_during and (step % eval_every == 0 or step == total_steps):
+        check_finite()
         last_eval = eval_and_keep_best(state, step)
         if bar is not None:
           postfix['eval_acc'] = f'{last_eval["eval_accuracy"]:.4f}'
           bar.set_postfix(postfix)
         window_start, window_steps = time.perf_counter(), 0
       if step % config.checkpoint_every_steps == 0 or step == total_steps:
-        ckpt.save(step, state, it.get_state())
+        save_checkpoint(state, step)
         window_start, window_steps = time.perf_counter(), 0
+      if stop.should_stop() and step < total_steps:
+        stopped_by = stop.signal_name or 'a stop request of another process'
+        save_checkpoint(state, step)
+        break
       if stop_after_step is not None and step >= stop_after_step and step < total_steps:
         break
     train_seconds = time.perf_counter() - loop_start - eval_seconds
-    if evaluate_during and (last_eval is None or last_eval['step'] != step):
+    if stopped_by is None and evaluate_during and (last_eval is None or
+                                                   last_eval['step'] != step):
       last_eval = eval_and_keep_best(state, step)
     ckpt.wait()
+    if stopped_by is not None:
+      _say(f'[{variant.name}] stopped by {stopped_by} after step {step} of {total_steps}; '
+           f'checkpoint {step} saved in {os.path.join(workdir, "checkpoints")}. Run the same '
+           'command again to resume')
   finally:
+    stop.uninstall()
     if bar is not None:
       bar.close()
     ckpt.close()
@@ -359,6 +406,8 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
       'best_eval_accuracy': best_accuracy,
       'train_seconds': round(train_seconds, 3),
       'workdir': workdir,
+      'preempted': stopped_by,
+      'nonfinite_steps': nonfinite_steps,
   }
   writer.write(summary)
   writer.close()
@@ -383,6 +432,8 @@ def run(config, workdir: str, *, pipeline=None) -> list[dict[str, Any]]:
     variant_dir = os.path.join(os.path.abspath(workdir), variant.name)
     variant_config = config_lib.variant_config(config, variant, fp_workdir)
     summaries.append(train_and_evaluate(variant_config, variant_dir, pipeline=pipeline))
+    if summaries[-1]['preempted']:
+      break  # the later variants run when the same command is run again
     if variant.is_full_precision:
       fp_workdir = variant_dir
   return summaries

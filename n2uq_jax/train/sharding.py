@@ -52,8 +52,9 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
         f'the mesh (data={mesh.shape[DATA]} x fsdp={mesh.shape[FSDP]}); use a multiple of '
         f'{devices}')
   if global_batch_size % jax.process_count():
-    raise ValueError(f'global_batch_size={global_batch_size} does not divide over '
-                     f'{jax.process_count()} processes')
+    raise ValueError(f'global_batch_size={global_batch_size} does not divide over the '
+                     f'{jax.process_count()} processes (hosts); use a multiple of '
+                     f'{jax.process_count() * devices // np.gcd(jax.process_count(), devices)}')
 
 
 def array_sharding(shape: tuple[int, ...], mesh: Mesh, *, min_size: int = 2 ** 18) -> NamedSharding:

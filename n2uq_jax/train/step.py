@@ -80,8 +80,14 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
 
   The step's ``batch`` is ``{"image": (B, H, W, C) float32, "label": (B,) int32}``,
   ``teacher`` is ``{"params", "model_state"}`` of the frozen teacher or ``None``.
-  Metrics: ``loss``, ``accuracy`` (training batch, before the update) and
-  ``learning_rate`` (the base LR of this update).
+  Metrics: ``loss``, ``accuracy`` (training batch, before the update),
+  ``learning_rate`` (the base LR of this update) and ``finite`` (bool: the loss, every
+  gradient and every updated parameter are finite).
+
+  A non-finite step is not applied: ``params``, ``model_state`` and ``opt_state`` stay
+  as they were and only ``step`` advances (its batch is consumed). The training loop
+  then stops or counts the skipped step (``nonfinite_policy``), and a checkpoint never
+  holds non-finite parameters.
   """
   if loss == 'kd' and teacher_def is None:
     raise ValueError("loss='kd' needs a teacher")
@@ -106,16 +112,31 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation,
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    finite = all_finite((value, grads, params))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     metrics = {
         'loss': value,
         'accuracy': jnp.mean(losses.correct(logits, labels)),
         'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
+        'finite': finite,
     }
-    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                              opt_state=opt_state)
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              model_state=keep(model_state, state.model_state),
+                              opt_state=keep(opt_state, state.opt_state))
     return new_state, metrics
 
   return train_step
+
+
+def all_finite(tree) -> jax.Array:
+  """Scalar bool: every element of every floating-point leaf of ``tree`` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+class DivergenceError(FloatingPointError):
+  """Training met a non-finite loss or gradient with ``nonfinite_policy='stop'``."""
 
 
 def make_eval_step(model_def: ModelDef) -> Callable:
