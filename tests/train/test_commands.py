@@ -209,6 +209,10 @@ def _runnable_here(command: str) -> bool:
 @pytest.mark.parametrize('where,command', COMMANDS, ids=[f'{w}:{c}' for w, c in COMMANDS])
 def test_documented_command_runs_or_names_the_missing_data(where, command, tmp_path,
                                                            cifar_folder, compilation_cache):
+  if '--config.distributed.enabled=True' in command:
+    pytest.skip('a multi-host command joins a coordinator on another host: parsed only '
+                '(test_documented_command_parses_and_validates); tests/train/test_multihost.py '
+                'runs two processes on this one')
   argv = _substitute(command, {'/data/cifar10': cifar_folder}, tmp_path)
   given = {a.partition('=')[0] for a in argv}
   argv += [f'{k}={v}' for k, v in _QUICK.items() if k not in given]
