@@ -24,7 +24,7 @@ def test_cifar_resnet20_export_matches_on_cifar_images(cifar_folder, tmp_path, q
   out_dir = str(tmp_path / 'export')
   export.export_run(run_dir, out_dir)
 
-  pipeline = data.create_pipeline(config.data, per_host_batch_size=32, seed=0)
+  pipeline = data.create_pipeline(config.data, per_host_batch_size=10, seed=0)  # 30 held out
   images = np.concatenate([b['image'][b['mask']] for b in pipeline.eval_batches()])
   model = load_model(run_dir)
   eager_logits = np.asarray(model(images))
