@@ -33,8 +33,8 @@ def convolution_types(stablehlo: str) -> list[list[str]]:
 @contextlib.contextmanager
 def capture_compiles():
   """Yields a list that receives ``(lowered, compiled)`` for every
-  ``Lowered.compile()`` call (the loop compiles its train step that way; its other
-  jitted functions are called directly)."""
+  ``Lowered.compile()`` call (the loop compiles each of its steps that way, so that
+  several processes can meet at a barrier after compiling)."""
   captured = []
   original = jax.stages.Lowered.compile
 
@@ -68,8 +68,11 @@ def run_one_step(workdir: str, *, fsdp: int = 1, compute_dtype: str = 'float32',
   pipeline = MockPipeline(per_host_batch_size=16, image_shape=(8, 8, 1), num_classes=10)
   with capture_compiles() as captured:
     summary = loop.train_and_evaluate(config, workdir, pipeline=pipeline)
-  assert len(captured) == 1, f'expected the train step only, got {len(captured)} compiles'
-  lowered, compiled = captured[0]
+  # The train step is the compile whose first argument is the training state (the
+  # evaluation and quantizer-statistics steps take parameters alone).
+  train_steps = [(l, c) for l, c in captured if hasattr(l.args_info[0][0], 'opt_state')]
+  assert len(train_steps) == 1, f'expected one train step among {len(captured)} compiles'
+  lowered, compiled = train_steps[0]
   state_shardings = compiled.input_shardings[0][0]
   state_args = lowered.args_info[0][0]
 
