@@ -29,9 +29,9 @@ from n2uq_jax.inspect import capture as capture_lib
 from n2uq_jax.inspect import cost as cost_lib
 from n2uq_jax.inspect import figures
 from n2uq_jax.inspect import levels as levels_lib
-from n2uq_jax.inspect import run_model
 from n2uq_jax.train import config_lib
 from n2uq_jax.train import metrics as metrics_lib
+from n2uq_jax.train import restore as restore_lib
 from n2uq_jax.train import step as step_lib
 
 
@@ -114,12 +114,13 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
       raise ValueError(f'{name}={value!r} must be an integer >= {low}')
   if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
     raise ValueError(f'batch_size={batch_size!r} must be an integer >= 1 (or None)')
-  config = run_model.read_config(run_dir)
-  variant = run_model.run_variant(config)
+  if step is None and restore_lib.has_best_checkpoint(run_dir):
+    step = 'best'
+  restored = restore_lib.restore_run(run_dir, step=step)
+  model, config = restored.model, restored.config
+  variant, = config_lib.variants(config)
   batch_size = batch_size or min(int(config.global_batch_size), 256)
   pipeline = _pipeline(config, batch_size=batch_size, data_dir=data_dir)
-  model, where = run_model.load_model(run_dir, config, num_classes=pipeline.num_classes,
-                                      in_channels=pipeline.image_shape[-1], step=step)
   records, shapes, images = _capture(model, pipeline, num_batches=num_batches,
                                      samples=samples, seed=seed)
   layer_modules = capture_lib.quantized_layers(model)
@@ -172,11 +173,11 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
   if figures.draw_curves(metric_records, os.path.join(out_dir, 'curves.png'), loss=config.loss):
     written.append('curves.png')
 
-  checkpoint_step = int(where.rpartition('@')[2])
+  manager_dir = os.path.dirname(os.path.dirname(restored.checkpoint_dir))
   summary = {
       'run_dir': os.path.abspath(run_dir),
-      'checkpoint': where,
-      'model': config_lib.model_name(config, variant),
+      'checkpoint': f'{manager_dir}@{restored.step}',
+      'model': restored.model_name,
       'variant': variant.name,
       'method': None if variant.is_full_precision else config.method,
       'input_shape': list(pipeline.image_shape),
@@ -186,8 +187,8 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
       'total_bops': sum(layer.bops for layer in costs),
       'float_bops': sum(layer.macs for layer in costs) * cost_lib.FLOAT_BITS ** 2,
       'model_size': {**dataclasses.asdict(size), 'compression': size.compression},
-      'checkpoint_step': checkpoint_step,
-      'checkpoint_eval_accuracy': _eval_accuracy(metric_records, checkpoint_step),
+      'checkpoint_step': restored.step,
+      'checkpoint_eval_accuracy': _eval_accuracy(metric_records, restored.step),
       'final_eval_accuracy': _eval_accuracy(metric_records),
       'figures': written,
   }

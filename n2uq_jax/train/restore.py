@@ -88,13 +88,28 @@ def _resolve(run_dir: str, step) -> tuple[str, int]:
 
 
 def read_config(run_dir: str) -> ml_collections.ConfigDict:
-  """The ``config.json`` of a variant run directory as a ConfigDict."""
+  """The ``config.json`` of a variant run directory as a ConfigDict.
+
+  Raises:
+    ValueError: ``run_dir`` has no ``config.json`` (naming the variant
+      sub-directories when it is a workdir that holds several).
+  """
   path = os.path.join(run_dir, 'config.json')
   if not os.path.isfile(path):
-    raise ValueError(f'{run_dir!r} is not a variant run directory: no config.json (give the '
-                     'directory of one variant, e.g. workdir/default/w2a2)')
+    variants = sorted(d for d in os.listdir(run_dir)
+                      if os.path.isfile(os.path.join(run_dir, d, 'config.json'))) if (
+                          os.path.isdir(run_dir)) else []
+    hint = (f'; it holds the variant directories {variants}: pass one of them, e.g. '
+            f'{os.path.join(run_dir, variants[-1])}') if variants else (
+                ' (give the directory of one variant, e.g. workdir/default/w2a2)')
+    raise ValueError(f'{run_dir!r} is not a variant run directory: no config.json{hint}')
   with open(path, encoding='utf-8') as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def has_best_checkpoint(run_dir: str) -> bool:
+  """Whether ``run_dir/best/`` holds a checkpoint (it is written at evaluation)."""
+  return bool(_manager_steps(os.path.join(run_dir, 'best')))
 
 
 def _lookup(tree: Any, candidates, what: str, directory: str):
@@ -137,6 +152,10 @@ def restore_run(run_dir: str, *, step=None) -> RestoredRun:
                      'give the sub-directory of one variant')
   variant = variants[0]
   directory, step = _resolve(run_dir, step)
+  problem = checkpoint_lib.verify_manifest(os.path.join(directory, str(step)))
+  if problem is not None:
+    raise ValueError(f'checkpoint {directory}@{step} is corrupt: {problem}; give another '
+                     f'step of {_manager_steps(directory)}')
   item_dir = os.path.join(directory, str(step), 'model')
   metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
   shapes = jax.tree.map(lambda m: tuple(m.shape), dict(metadata))
@@ -177,6 +196,7 @@ def load_model(run_dir: str, *, step=None) -> nnx.Module:
     NHWC images normalised as the data pipeline yields them.
 
   Raises:
-    ValueError: the directory, its ``config.json`` or the step does not exist.
+    ValueError: the directory, its ``config.json`` or the step does not exist,
+      or the checkpoint's files differ from its SHA-256 manifest.
   """
   return restore_run(run_dir, step=step).model

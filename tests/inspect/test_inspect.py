@@ -14,8 +14,7 @@ import pytest
 
 from n2uq_jax import data
 from n2uq_jax.inspect import __main__ as cli
-from n2uq_jax.inspect import run_model
-from n2uq_jax.train import metrics
+from n2uq_jax.train import metrics, restore
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 BATCHES, BATCH_SIZE = 3, 64  # the inspection's evaluation batches
@@ -137,9 +136,7 @@ def test_thresholds_and_occupancy_match_numpy(default_run, w2a2_inspection):
   _, summary, _ = w2a2_inspection
   layers = {row['name']: row for row in summary['layers']}
 
-  config = run_model.read_config(str(workdir / 'w2a2'))
-  model, _ = run_model.load_model(str(workdir / 'w2a2'), config, num_classes=10,
-                                  in_channels=1)
+  model = restore.load_model(str(workdir / 'w2a2'), step='best')
   pipeline = data.create_pipeline(data.default_config(), per_host_batch_size=BATCH_SIZE,
                                   seed=0)
   inputs = {'layer1.0.conv': [], 'layer1.1.conv': []}
@@ -179,10 +176,9 @@ def test_thresholds_and_occupancy_match_numpy(default_run, w2a2_inspection):
 
 def test_loaded_model_reproduces_the_best_evaluation(default_run):
   workdir, summaries = default_run
-  config = run_model.read_config(str(workdir / 'w2a2'))
-  model, where = run_model.load_model(str(workdir / 'w2a2'), config, num_classes=10,
-                                      in_channels=1)
-  assert where.endswith(f"best@{_best_step(workdir / 'w2a2')}")
+  restored = restore.restore_run(str(workdir / 'w2a2'), step='best')
+  assert restored.step == _best_step(workdir / 'w2a2')
+  model = restored.model
   pipeline = data.create_pipeline(data.default_config(), per_host_batch_size=BATCH_SIZE,
                                   seed=0)
   correct = total = 0
@@ -229,7 +225,7 @@ def test_layer_selection_and_bad_arguments(default_run, w2a2_inspection, tmp_pat
 
   for flags, message in ((['--layers', 'layer9.*'], "['layer9.*'] match no quantized layer"),
                          (['--batches', '0'], 'num_batches=0 must be an integer >= 1'),
-                         (['--step', '999'], 'for step 999')):
+                         (['--step', '999'], 'no checkpoint at step 999; available: checkpoints/')):
     with pytest.raises(SystemExit):
       cli.main([str(workdir / 'w2a2'), '--out', str(tmp_path / 'y'), *flags])
     assert message in capsys.readouterr().err, flags

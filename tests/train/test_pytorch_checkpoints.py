@@ -10,8 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from n2uq_jax import interop
-from n2uq_jax.inspect import run_model
-from n2uq_jax.train import config_lib, loop, metrics
+from n2uq_jax.train import config_lib, load_model, loop, metrics
 from tests.train.mock_data import MockPipeline
 from tests.train.test_configs import load
 
@@ -64,8 +63,7 @@ def test_w2a2_resnet18_step_from_torchvision_init_and_teacher(tmp_path, quiet_co
   assert not np.array_equal(np.asarray(params['fc']['kernel']), init['fc.weight'].T)
 
   # The trained model out to the official code's layout (the README's evaluation path).
-  model, _ = run_model.load_model(str(run_dir), run_model.read_config(str(run_dir)),
-                                  num_classes=10, in_channels=3)
+  model = load_model(str(run_dir))
   state = interop.to_official_n2uq_state_dict(model)
   official = official_reference.OfficialLayoutResNet(
       (2, 2, 2, 2), bottleneck=False, bits=2, quantize_downsample=True, num_classes=10)

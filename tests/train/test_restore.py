@@ -50,3 +50,17 @@ def test_load_model_latest_step_and_best(tmp_path, quiet_config, compilation_cac
     load_model(str(tmp_path))
   with pytest.raises(ValueError, match='step must be'):
     load_model(run_dir, step='last')
+
+  # A checkpoint whose files changed since they were written is refused, not loaded.
+  step_dir = os.path.join(run_dir, 'checkpoints', '6')
+  array_file = max((os.path.join(root, name) for root, _, names in os.walk(step_dir)
+                    for name in names if name != 'sha256.json'), key=os.path.getsize)
+  with open(array_file, 'r+b') as f:
+    f.seek(os.path.getsize(array_file) // 2)
+    byte = f.read(1)
+    f.seek(-1, os.SEEK_CUR)
+    f.write(bytes([byte[0] ^ 0xFF]))
+  with pytest.raises(ValueError, match=r'checkpoints@6 is corrupt: .*SHA-256 mismatch'):
+    load_model(run_dir)
+  np.testing.assert_array_equal(np.asarray(load_model(run_dir, step=3).fc.kernel.get_value()),
+                                params3['fc']['kernel'])
