@@ -9,7 +9,7 @@ from tests.train.conftest import compilation_cache  # pylint: disable=unused-imp
 TRAIN_STEPS = 6
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope='package')
 def default_run(tmp_path_factory, compilation_cache):  # pylint: disable=redefined-outer-name
   """The workdir of ``fp,w2a2`` trained for a few steps, evaluated every 3 steps."""
   workdir = tmp_path_factory.mktemp('default_run')
