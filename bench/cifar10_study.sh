@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 FP_EPOCHS="${FP_EPOCHS:-8}"
 Q_EPOCHS="${Q_EPOCHS:-4}"
 SEED="${SEED:-0}"
-METHODS="${METHODS:-n2uq dorefa n2uq_dorefa_weights lsq pact}"
+METHODS="${METHODS:-n2uq dorefa n2uq_dorefa_weights lsq pact dorefa_n2uq_weights}"
 
 data_flags=(--config.data.source=folder "--config.data.data_dir=${DATA_DIR}"
             --config.data.validation_fraction=0.1 --config.progress_bar=False

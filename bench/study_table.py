@@ -25,6 +25,7 @@ ROW_NAMES = {
     'n2uq_dorefa_weights': 'W2A2 N2UQ thresholds + DoReFa weights',
     'lsq': 'W2A2 LSQ',
     'pact': 'W2A2 PACT + DoReFa weights',
+    'dorefa_n2uq_weights': 'W2A2 DoReFa activations + N2UQ weights',
 }
 
 

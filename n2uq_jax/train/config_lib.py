@@ -11,7 +11,9 @@ comma-separated list of tokens:
 * at most one method token for the quantized variants: ``n2uq`` (default), ``dorefa``,
   ``lsq``, ``pact`` (PACT activations + DoReFa weights), ``n2uq_dorefa_weights``
   (N2UQ activations + DoReFa weights: N2UQ without the entropy-preserving weight
-  rescaling, the SPEC 6.4 ablation), ``uniform`` (fixed uniform activations + N2UQ weights);
+  rescaling), ``dorefa_n2uq_weights`` (DoReFa activations + N2UQ weights: the weight
+  rescaling without the learned thresholds; the two are SPEC 6.4's ablation rows),
+  ``uniform`` (fixed uniform activations on [0, 2] + N2UQ weights);
 * ``fp_downsample`` (ResNets): keep the 1x1 shortcut convs in full precision (N2UQ*).
 
 Examples: ``:w2a2``, ``:w2a2,dorefa``, ``:fp,w2a2`` (an FP fine-tune, then W2A2
@@ -33,7 +35,8 @@ import ml_collections
 from n2uq_jax import nn
 from n2uq_jax.interop import checkpoints as interop_checkpoints
 
-METHODS = ('n2uq', 'dorefa', 'lsq', 'pact', 'n2uq_dorefa_weights', 'uniform')
+METHODS = ('n2uq', 'dorefa', 'lsq', 'pact', 'n2uq_dorefa_weights', 'dorefa_n2uq_weights',
+           'uniform')
 """Quantization methods of the quantized variants (the paper's method and its baselines)."""
 
 _METHOD_QUANTIZERS = {
@@ -43,6 +46,7 @@ _METHOD_QUANTIZERS = {
     'lsq': ('lsq', 'lsq'),
     'pact': ('pact', 'dorefa'),
     'n2uq_dorefa_weights': ('n2uq', 'dorefa'),
+    'dorefa_n2uq_weights': ('dorefa', 'n2uq'),
     'uniform': ('uniform', 'n2uq'),
 }
 

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG_FILES = ('default', 'cifar10_resnet20', 'imagenet_resnet18', 'imagenet_resnet34',
                 'imagenet_resnet50', 'imagenet_mobilenet_v2')
 ARGS = ('fp', 'w2a2', 'w3a3', 'w4a4', 'w2a2,dorefa', 'w2a2,lsq', 'w2a2,pact',
-        'w2a2,n2uq_dorefa_weights', 'fp,w2a2')
+        'w2a2,n2uq_dorefa_weights', 'w2a2,dorefa_n2uq_weights', 'fp,w2a2')
 
 
 def load(name, arg=None):
@@ -76,6 +76,7 @@ def test_variant_names_and_policies():
       'w4a4,pact': ('w4a4_pact', 'pact', 'dorefa'),
       'w2a2,lsq': ('w2a2_lsq', 'lsq', 'lsq'),
       'w2a2,n2uq_dorefa_weights': ('w2a2_n2uq_dorefa_weights', 'n2uq', 'dorefa'),
+      'w2a2,dorefa_n2uq_weights': ('w2a2_dorefa_n2uq_weights', 'dorefa', 'n2uq'),
   }
   for arg, (name, activation, weight) in cases.items():
     bits, method, _ = config_lib.parse_arg(arg)
