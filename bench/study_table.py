@@ -26,6 +26,7 @@ ROW_NAMES = {
     'lsq': 'W2A2 LSQ',
     'pact': 'W2A2 PACT + DoReFa weights',
     'dorefa_n2uq_weights': 'W2A2 DoReFa activations + N2UQ weights',
+    'uniform': 'W2A2 fixed uniform activations on [0, 2] + N2UQ weights',
 }
 
 
