@@ -1,6 +1,6 @@
-"""A PyTorch model with the module layout of the official N2UQ ResNets, written
-from SPEC 2-4 (forward pass only), as the independent reference of the interop
-tests.
+"""PyTorch models with the module layout of the official N2UQ ResNets and
+MobileNetV2, written from SPEC 2-4 (forward pass only), as the independent
+reference of the interop tests.
 
 - :class:`ActivationQuantizer` (SPEC 2.2): ``u = scale1 x``, the clamped
   intervals ``a_bar = where(a > eps, a, eps)``, thresholds ``T_i = d_{i-1} +
@@ -13,6 +13,9 @@ tests.
   (``bias31/prelu3/bias32``, bottleneck ``bias01/prelu0/bias02``); quantized
   shortcut ``downsample.{0: quantizer, 1: conv, 2: BN}`` or FP
   ``downsample.{0: conv, 1: BN}`` (SPEC 4.1).
+- MobileNetV2 (SPEC 4.5): ``feature.i`` inverted residuals with the same groups,
+  block 1's extra expansion conv, and :class:`PACTQuantizer` (``quan1.clip_val``)
+  before the last conv ``feature.18``.
 
 Quantizer ties: two float32 implementations of the same network differ in the
 last bits of every activation (different convolution summation orders), so an
@@ -62,11 +65,11 @@ class ActivationQuantizer(nn.Module):
 class QuantizedConv(nn.Module):
 
   def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-               padding: int, bits: int):
+               padding: int, bits: int, groups: int = 1):
     super().__init__()
-    self.bits, self.stride, self.padding = bits, stride, padding
-    fan_in = in_channels * kernel_size ** 2
-    self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size,
+    self.bits, self.stride, self.padding, self.groups = bits, stride, padding, groups
+    fan_in = in_channels // groups * kernel_size ** 2
+    self.weight = nn.Parameter(torch.randn(out_channels, in_channels // groups, kernel_size,
                                            kernel_size) * (2.0 / fan_in) ** 0.5)
     self.clip_val = nn.Parameter(torch.tensor([2.0]))
     self.zero = _constant(0.0)
@@ -85,7 +88,8 @@ class QuantizedConv(nn.Module):
     return sigma * (2 * torch.round(position) / (2 ** self.bits - 1) - 1)
 
   def forward(self, x):
-    return F.conv2d(x, self.quantized_weight(), stride=self.stride, padding=self.padding)
+    return F.conv2d(x, self.quantized_weight(), stride=self.stride, padding=self.padding,
+                    groups=self.groups)
 
 
 class Bias(nn.Module):
@@ -178,16 +182,106 @@ class OfficialLayoutResNet(nn.Module):
     return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+class PACTQuantizer(nn.Module):
+  """The input quantizer of MobileNetV2's last conv (SPEC 4.5): ReLU, clip at
+  ``clip_val`` (alpha), ``round(x K / alpha) alpha / K`` (half to even)."""
+
+  def __init__(self, bits: int):
+    super().__init__()
+    self.levels = 2 ** bits - 1
+    self.clip_val = nn.Parameter(torch.tensor([2.0]))
+
+  def forward(self, x):
+    clipped = torch.minimum(F.relu(x), self.clip_val)
+    return torch.round(clipped * self.levels / self.clip_val) * self.clip_val / self.levels
+
+
+class InvertedResidual(nn.Module):
+  """SPEC 4.5: three groups ``bias j1 -> prelu j -> bias j2 -> quan j -> conv j -> bn j``
+  (1x1 expansion, 3x3 depthwise with the stride, 1x1 projection), no activation after
+  ``bn3``, the identity added when the shape allows, no RPReLU after the addition."""
+
+  def __init__(self, bits: int, in_channels: int, out_channels: int, stride: int,
+               expansion: int):
+    super().__init__()
+    hidden = in_channels * expansion
+    self.residual = stride == 1 and in_channels == out_channels
+    convs = ((in_channels, hidden, 1, 1, 0, 1), (hidden, hidden, 3, stride, 1, hidden),
+             (hidden, out_channels, 1, 1, 0, 1))
+    for group, (cin, cout, kernel, conv_stride, padding, groups) in enumerate(convs, start=1):
+      _add_rprelu(self, group, cin)
+      setattr(self, f'quan{group}', ActivationQuantizer(bits))
+      setattr(self, f'conv{group}', QuantizedConv(cin, cout, kernel, conv_stride, padding, bits,
+                                                  groups))
+      setattr(self, f'bn{group}', nn.BatchNorm2d(cout))
+
+  def forward(self, x):
+    out = x
+    for group in (1, 2, 3):
+      out = getattr(self, f'quan{group}')(_rprelu(self, group, out))
+      out = getattr(self, f'bn{group}')(getattr(self, f'conv{group}')(out))
+    return x + out if self.residual else out
+
+
+class _Stem(nn.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.conv1 = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+    self.bn1 = nn.BatchNorm2d(32)
+
+  def forward(self, x):
+    return torch.clamp(self.bn1(self.conv1(x)), 0, 6)
+
+
+class _LastConv(nn.Module):
+
+  def __init__(self, bits: int, in_channels: int, out_channels: int):
+    super().__init__()
+    self.quan1 = PACTQuantizer(bits)
+    self.conv1 = QuantizedConv(in_channels, out_channels, 1, 1, 0, bits)
+    self.bn1 = nn.BatchNorm2d(out_channels)
+
+  def forward(self, x):
+    return torch.clamp(self.bn1(self.conv1(self.quan1(x))), 0, 6)
+
+
+class OfficialLayoutMobileNetV2(nn.Module):
+  """SPEC 4.5: ``feature.0`` FP stem (3x3, stride 2, 3 -> 32, BN, ReLU6),
+  ``feature.1..17`` inverted residuals with the channel plan 16 | 24x2 | 32x3 | 64x4 |
+  96x3 | 160x3 | 320 at expansion 6 (block 1 at expansion 1, but with its 32 -> 32
+  expansion conv), ``feature.18`` PACT -> quantized 1x1 320 -> 1280 -> BN -> ReLU6,
+  average pool, FP ``fc``; NCHW input."""
+
+  def __init__(self, *, bits: int, num_classes: int):
+    super().__init__()
+    stages = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+              (6, 160, 3, 2), (6, 320, 1, 1))
+    layers, channels = [_Stem()], 32
+    for expansion, out, count, first_stride in stages:
+      for index in range(count):
+        layers.append(InvertedResidual(bits, channels, out, first_stride if index == 0 else 1,
+                                       expansion))
+        channels = out
+    layers.append(_LastConv(bits, channels, 1280))
+    self.feature = nn.Sequential(*layers)
+    self.fc = nn.Linear(1280, num_classes)
+
+  def forward(self, x):
+    return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.feature(x), 1), 1))
+
+
 def randomize(model: nn.Module, seed: int) -> nn.Module:
-  """Random quantizer parameters (one interval below the 1e-3 floor), biases,
-  PReLU slopes and BatchNorm parameters and statistics; constants untouched.
-  Returns ``model`` in evaluation mode."""
+  """Random quantizer parameters (one interval below the 1e-3 floor, every third
+  ``scale1`` negative), biases, PReLU slopes, PACT clips and BatchNorm parameters and
+  statistics; constants untouched. Returns ``model`` in evaluation mode."""
   g = torch.Generator().manual_seed(seed)
 
   def uniform(shape, low, high):
     return torch.rand(shape, generator=g) * (high - low) + low
 
   clamped_one = False
+  quantizers = 0
   with torch.no_grad():
     for name, module in model.named_modules():
       if isinstance(module, ActivationQuantizer):
@@ -196,8 +290,12 @@ def randomize(model: nn.Module, seed: int) -> nn.Module:
         if not clamped_one and module.levels > 1:
           module.a[1] = 5e-4  # below the floor: the select of SPEC 2.1 applies
           clamped_one = True
-        module.scale1.copy_(uniform(1, 0.5, 1.5))
+        sign = -1.0 if quantizers % 3 == 1 else 1.0  # negative input scales too
+        module.scale1.copy_(sign * uniform(1, 0.5, 1.5))
         module.scale2.copy_(uniform(1, 0.5, 1.5))
+        quantizers += 1
+      elif isinstance(module, PACTQuantizer):
+        module.clip_val.copy_(uniform(1, 1.5, 3.0))
       elif isinstance(module, Bias):
         module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.3)
       elif isinstance(module, nn.PReLU):

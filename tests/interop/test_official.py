@@ -1,7 +1,8 @@
-"""The official N2UQ layout: a PyTorch reference written from SPEC 2-4
-(official_reference.py) with random quantizer parameters, biases, PReLU slopes
-and BatchNorm statistics, against load_official_n2uq; and the state_dict round
-trip through to_official_n2uq_state_dict."""
+"""The official N2UQ layout: PyTorch references of the ResNets and MobileNetV2
+written from SPEC 2-4 (official_reference.py) with random quantizer parameters
+(input scales of both signs), biases, PReLU slopes and BatchNorm statistics,
+against load_official_n2uq; and the state_dict round trip through
+to_official_n2uq_state_dict."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -80,6 +81,30 @@ def test_shortcut_and_output_rprelu_names():
   assert 'layer2.0.downsample.0.clip_val' not in fp_shortcut
   assert fp_shortcut['layer2.0.downsample.1.weight'].shape == (128,)
   assert fp_shortcut['layer1.1.bias32.bias'].shape == (1, 64, 1, 1)
+
+
+def test_mobilenet_v2_logits_agree_with_the_official_layout():
+  """The official-layout MobileNetV2 of official_reference.py (SPEC 4.5: block 1's extra
+  expansion conv, PACT before the last conv; a third of the input scales negative)
+  with random parameters, loaded through load_official_n2uq: the same logits."""
+  x = np.random.default_rng(4).normal(size=(2, 3, 32, 32)).astype(np.float32)
+  torch.manual_seed(5)
+  reference = official_reference.randomize(
+      official_reference.OfficialLayoutMobileNetV2(bits=4, num_classes=10), 5)
+  offset_moves, weights_moved = official_reference.separate_from_boundaries(
+      reference, torch.from_numpy(x))
+  state = reference.state_dict()
+  assert sum(1 for k, v in state.items() if k.endswith('.scale1') and float(v) < 0) >= 17
+  with torch.no_grad():
+    want = reference(torch.from_numpy(x)).numpy()
+  model = interop.load_official_n2uq(state, arch='mobilenet_v2', bits=4,
+                                     quantize_downsample=False, num_classes=10)
+  alpha = model.features[18].conv.input_quantizer.alpha.get_value()
+  np.testing.assert_allclose(np.asarray(alpha), state['feature.18.quan1.clip_val'].numpy()[0])
+  error = relative_error(jax_logits(model, x), want)
+  print(f'mobilenet_v2: relative logit error {error:.2e}; ties avoided: {offset_moves} '
+        f'quantizer offset moves, {weights_moved} weights moved')
+  assert error < 1e-4
 
 
 def test_mobilenet_v2_round_trip():
