@@ -1,7 +1,7 @@
 """Models written here (an NNX MLP, a Linen CNN, an NNX attention-style einsum
 module), quantized through ``N2UQProvider``, compute the composition of the
 pure quantizers with ``jnp.dot``, ``jnp.einsum`` and ``lax.conv``; every
-method of a rule; gradients reach every threshold parameter; ``jax.jit`` and
+method of a rule; gradients equal jax.grad of that composition; ``jax.jit`` and
 ``nnx.jit``; rule errors."""
 
 import jax
@@ -149,18 +149,23 @@ def test_quantizer_params_are_created_on_the_intercepted_modules():
       n.replace('/', '.') for n in names]
 
 
-def test_gradients_reach_every_threshold_parameter():
+def test_gradients_equal_those_of_the_composed_quantizers():
   x = _input((64, 6)) * 2
   rules = [N2UQRule('fc.', weight_bits=2, act_bits=2)]
   quantized = qwix.quantize_model(MLP(nnx.Rngs(0)), N2UQProvider(rules), x)
   quantized.fc1.kernel[...] *= 3                   # fc2's inputs cover every segment
-  grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2), argnums=nnx.DiffState(0, nn.QuantizerParam))(
-      quantized)
-  leaves = nnx.to_flat_state(grads)
-  assert len(leaves) == 8
-  for path, value in leaves:
-    value = np.asarray(value[...])
-    assert np.all(np.isfinite(value)) and np.all(value != 0), (path, value)
+  _perturb(quantized)
+  every_param = nnx.DiffState(0, nnx.Param)
+  grads = nnx.grad(lambda m: jnp.sum(m(x) ** 2), argnums=every_param)(quantized)
+  want = nnx.grad(lambda m: jnp.sum(_mlp_reference(m, x, 'n2uq', 'n2uq', 2) ** 2),
+                  argnums=every_param)(quantized)
+  got_leaves, want_leaves = nnx.to_flat_state(grads), dict(nnx.to_flat_state(want))
+  assert len(got_leaves) == len(want_leaves) == 6 + 8
+  for path, value in got_leaves:
+    np.testing.assert_allclose(np.asarray(value[...]), np.asarray(want_leaves[path][...]),
+                               rtol=1e-5, atol=1e-6, err_msg=str(path))
+    if path[-1].endswith(N2UQ_FIELDS):                  # and none of them is trivial
+      assert np.all(np.asarray(value[...]) != 0), path
 
 
 def test_jax_jit_and_nnx_jit():
