@@ -1,4 +1,5 @@
-"""Shared pieces of the export tests: non-trivial random parameters for a model."""
+"""Shared pieces of the export tests: non-trivial random parameters for a model, and
+the comparison of an engine's codes with the fake-quantized model's."""
 
 import numpy as np
 from flax import nnx
@@ -38,3 +39,45 @@ def randomize(model: nnx.Module, seed: int = 0) -> nnx.Module:
     elif isinstance(node, nn.PACTActivation):
       put(node.alpha, rng.uniform(1.5, 3.0))
   return model
+
+
+def check_mismatches_are_at_thresholds(engine, codes, ref_codes, ref_inputs):
+  """Every code of ``codes`` (``{layer: codes}``, any subset of the layers) that differs
+  from ``ref_codes`` has its quantizer input within float32 rounding of a threshold,
+  ``|beta1 x - T_i| <= 1e-5 (|T_i| + |beta1 x|)`` for some ``i``, and is one level off."""
+  tensors = engine.graph.tensors
+  for node in engine.graph.nodes:
+    if node.op not in ('quantize', 'threshold') or node.name not in codes:
+      continue
+    where = codes[node.name] != ref_codes[node.name]
+    if not where.any():
+      continue
+    u = (tensors[node.tensors['input_scale']] * ref_inputs[node.name][where]).astype(np.float64)
+    t = tensors[node.tensors['thresholds']].astype(np.float64)
+    gap = np.min(np.abs(u[:, None] - t[None]) / (np.abs(t[None]) + np.abs(u[:, None])), -1)
+    print(f'{node.name}: {where.sum()} codes differ, relative distance to a threshold '
+          f'at most {gap.max():.2g}')
+    assert np.all(gap <= 1e-5), (node.name, gap)
+    diff = codes[node.name][where].astype(int) - ref_codes[node.name][where]
+    assert np.all(np.abs(diff) == 1), node.name
+
+
+def check_codes_end_to_end(engine, codes, ref_codes, ref_inputs, what):
+  """An engine run on its own codes against the reference's: counts the differing
+  codes; the first layer (in execution order) where they differ has at most 1e-4 of its
+  codes off, each a near-tie one level off (a difference there changes the layers
+  after it). Returns the per-image mask of images none of whose codes differ."""
+  per_layer = {k: int(np.sum(np.asarray(codes[k]) != ref_codes[k])) for k in ref_codes}
+  order = [n.name for n in engine.graph.nodes if n.op in ('quantize', 'threshold')]
+  first = next((k for k in order if per_layer[k]), None)
+  n = next(iter(ref_codes.values())).shape[0]
+  clean = ~np.any([(np.asarray(codes[k]) != ref_codes[k]).reshape(n, -1).any(-1)
+                   for k in ref_codes], 0)
+  print(f'{what}: {sum(per_layer.values())} of {sum(v.size for v in ref_codes.values())} '
+        f'codes differ end to end, first in {first}; {int(clean.sum())} of {n} images '
+        'with every code equal')
+  if first is not None:
+    assert per_layer[first] <= 1e-4 * ref_codes[first].size, (what, first, per_layer[first])
+    check_mismatches_are_at_thresholds(engine, {first: np.asarray(codes[first])}, ref_codes,
+                                       ref_inputs)
+  return clean
