@@ -54,11 +54,12 @@ def test_cli_writes_the_export_and_a_size_report(exported):
   # layer1.1's quantizer reads conv -> bn -> RPReLU of layer1.0: folded (SPEC 8)
   assert [l['threshold_rule'] for l in manifest['layers']] == ['float', 'folded_int']
   assert all(l['weight_bits'] == l['activation_bits'] == 2 for l in manifest['layers'])
-  # ONNX: standard ops only; the quantized convs are ConvInteger, the stem a float Conv
+  # ONNX: standard ops only; the stem and the two quantized convs (onnx_graph's paths:
+  # a windowed QLinearConv or an exact float Conv, ConvInteger only for 8-bit sums)
   import onnx  # pylint: disable=g-import-not-at-top
   graph = onnx.load(os.path.join(out_dir, 'model.onnx')).graph
   ops = [node.op_type for node in graph.node]
-  assert ops.count('ConvInteger') == 2 and ops.count('Conv') == 1
+  assert ops.count('QLinearConv') + ops.count('Conv') == 3 and 'ConvInteger' not in ops
   assert 'GreaterOrEqual' in ops and 'Greater' in ops
   assert all(node.domain in ('', 'ai.onnx') for node in graph.node)
   assert [i.name for i in graph.input] == ['image'] and [o.name for o in graph.output] == [
