@@ -111,13 +111,13 @@ def _check_structure(path, manifest, engine):
 CASES = [
     ('small_cnn', {}, 2, 8, 1, 'NCHW', 2),
     ('cifar_resnet20', {}, 2, 16, 3, 'NHWC', 1),
-    pytest.param('resnet18', {'quantize_downsample': True}, 2, 32, 3, 'NCHW', 1,
+    pytest.param('resnet18', {'quantize_downsample': True}, 2, 16, 3, 'NCHW', 1,
                  marks=pytest.mark.slow),
-    pytest.param('resnet34', {'quantize_downsample': False}, 3, 32, 3, 'NCHW', 1,
+    pytest.param('resnet34', {'quantize_downsample': False}, 3, 16, 3, 'NCHW', 1,
                  marks=pytest.mark.slow),
-    pytest.param('resnet50', {'quantize_downsample': True}, 2, 32, 3, 'NCHW', 1,
+    pytest.param('resnet50', {'quantize_downsample': True}, 2, 16, 3, 'NCHW', 1,
                  marks=pytest.mark.slow),
-    pytest.param('mobilenet_v2', {}, 4, 32, 3, 'NCHW', 1, marks=pytest.mark.slow),
+    pytest.param('mobilenet_v2', {}, 4, 16, 3, 'NCHW', 1, marks=pytest.mark.slow),
 ]
 
 
