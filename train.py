@@ -137,7 +137,8 @@ def main(argv):
     for s in summaries:
       print(f"[{s['variant']}] {s['model']}: eval accuracy {fmt(s['final_eval_accuracy'])} "
             f"(best {fmt(s['best_eval_accuracy'])}) after {s['step']} steps, "
-            f"{s['train_seconds']:.1f} s training; {s['workdir']}", flush=True)
+            + ('already finished, nothing to train' if s.get('already_finished') else
+               f"{s['train_seconds']:.1f} s training") + f"; {s['workdir']}", flush=True)
     print('summary: ' + ', '.join(f"{s['variant']} {fmt(s['final_eval_accuracy'])}"
                                   for s in summaries) + f'; total {total:.1f} s', flush=True)
 
