@@ -243,8 +243,9 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
     state, data_state, start_step = ckpt.restore(
         checkpoint_lib.abstract(state, state_shardings))
     it.set_state(data_state)
-    _say(f'[{variant.name}] {workdir} is already finished at step {start_step}' if
-         start_step >= total_steps else f'[{variant.name}] resumed {workdir} from step {start_step}')
+    _say(f'[{variant.name}] {workdir} is already finished at step {start_step}'
+         if start_step >= total_steps else
+         f'[{variant.name}] resumed {workdir} from step {start_step}')
   best_accuracy = ckpt.best_accuracy()
 
   train_step = jax.jit(

@@ -1,7 +1,9 @@
-"""``python -m n2uq_jax.export`` and ``load_model`` and ``python -m n2uq_jax.inspect`` on the short default run: a
-full-precision variant is refused in one line, the export's files share one mode, the
-two size reports say what each counts, and reading a checkpoint prints no orbax warning."""
+"""``python -m n2uq_jax.export``, ``load_model`` and ``python -m n2uq_jax.inspect`` on the
+short default run: a full-precision variant is refused in one line, the export's files
+share one mode, the two size reports say what each counts, and reading a checkpoint logs
+no orbax warning."""
 
+import logging
 import os
 import re
 
@@ -13,6 +15,10 @@ from n2uq_jax.inspect import __main__ as inspect_cli
 from n2uq_jax.train import restore
 
 ORBAX_METADATA_WARNING = 'Metadata file does not exist'
+
+
+def _orbax_warnings(caplog):
+  return [r.getMessage() for r in caplog.records if ORBAX_METADATA_WARNING in r.getMessage()]
 
 
 def test_export_refuses_a_full_precision_run_in_one_line(default_run, tmp_path, capfd):
@@ -28,12 +34,13 @@ def test_export_refuses_a_full_precision_run_in_one_line(default_run, tmp_path, 
 
 
 def test_export_files_share_one_mode_and_the_size_says_what_it_counts(default_run, tmp_path,
-                                                                       capfd):
+                                                                       capfd, caplog):
   workdir, _ = default_run
   out_dir = tmp_path / 'w2a2_export'
-  assert export_cli.main([str(workdir / 'w2a2'), str(out_dir), '--no-onnx']) == 0
+  with caplog.at_level(logging.WARNING):
+    assert export_cli.main([str(workdir / 'w2a2'), str(out_dir), '--no-onnx']) == 0
   captured = capfd.readouterr()
-  assert ORBAX_METADATA_WARNING not in captured.err, captured.err
+  assert not _orbax_warnings(caplog)
   umask = os.umask(0)
   os.umask(umask)
   modes = {name: os.stat(out_dir / name).st_mode & 0o777 for name in os.listdir(out_dir)}
@@ -46,17 +53,18 @@ def test_export_files_share_one_mode_and_the_size_says_what_it_counts(default_ru
   assert int(match.group(1).replace(',', '')) == stored
 
 
-def test_load_model_prints_no_orbax_warning(default_run, capfd):
+def test_load_model_logs_no_orbax_warning(default_run, caplog):
   workdir, _ = default_run
-  model = restore.load_model(str(workdir / 'w2a2'), step='best')
+  with caplog.at_level(logging.WARNING):
+    model = restore.load_model(str(workdir / 'w2a2'), step='best')
   assert np.asarray(model.conv1.kernel[...]).shape == (3, 3, 1, 32)
-  assert ORBAX_METADATA_WARNING not in capfd.readouterr().err
+  assert not _orbax_warnings(caplog)
 
 
-def test_inspect_prints_no_orbax_warning(default_run, tmp_path, capfd):
+def test_inspect_logs_no_orbax_warning(default_run, tmp_path, capfd, caplog):
   workdir, _ = default_run
-  assert inspect_cli.main([str(workdir / 'fp'), '--out', str(tmp_path), '--batches', '1',
-                           '--batch-size', '16']) == 0
-  captured = capfd.readouterr()
-  assert 'model size: ' in captured.out
-  assert ORBAX_METADATA_WARNING not in captured.err, captured.err
+  with caplog.at_level(logging.WARNING):
+    assert inspect_cli.main([str(workdir / 'fp'), '--out', str(tmp_path), '--batches', '1',
+                             '--batch-size', '16']) == 0
+  assert 'model size: ' in capfd.readouterr().out
+  assert not _orbax_warnings(caplog)
