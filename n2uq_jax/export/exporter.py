@@ -56,7 +56,8 @@ def export_model(model: nnx.Module, out_dir: str, *, model_name: str,
 
   Raises:
     ValueError: ``out_dir`` already holds an export and ``overwrite`` is False; an
-      unknown ``format``; ``image_size`` missing where the format needs it.
+      unknown ``format``; ``image_size`` missing where the format needs it; the model
+      has no quantized conv (a full-precision model: nothing to store as integers).
   """
   if format not in FORMAT_FILES:
     raise ValueError(f'format must be one of {sorted(FORMAT_FILES)}, got {format!r}')
@@ -66,6 +67,11 @@ def export_model(model: nnx.Module, out_dir: str, *, model_name: str,
     _refuse_to_overwrite(out_dir)
   model.eval()
   graph = graph_lib.fold(graph_lib.trace_model(model))
+  if not any(n.op == 'qconv' for n in graph.nodes):
+    variant = (source or {}).get('variant')
+    raise ValueError(f'{model_name}' + (f' (variant {variant!r})' if variant else '') +
+                     ' has no quantized layer to export: the integer export is for quantized '
+                     'variants (w2a2, w4a4, ...), not a full-precision one')
   stem = next(n for n in graph.nodes if n.op == 'conv')
   head = [n for n in graph.nodes if n.op == 'dense'][-1]
   num_classes = graph.tensors[head.tensors['kernel']].shape[-1]
@@ -114,6 +120,7 @@ def format_report(report: dict[str, Any]) -> str:
   k, t = report['quantized_kernels'], report['total']
   lines.append(f'quantized conv kernels: {k["export_bytes"]:,} bytes vs {k["float32_bytes"]:,} '
                f'float32 ({k["ratio"]:.1f}x smaller)')
-  lines.append(f'whole model: {t["export_bytes"]:,} bytes vs {t["float32_bytes"]:,} float32 '
-               f'({t["ratio"]:.2f}x smaller)')
+  lines.append(f'whole model: {t["export_bytes"]:,} bytes as stored in {tables.TABLES_FILE} '
+               '(packed weight codes, per-channel scales, threshold tables, float tensors) vs '
+               f'{t["float32_bytes"]:,} float32 ({t["ratio"]:.2f}x smaller)')
   return '\n'.join(lines)
