@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from n2uq_jax import data, export
+from n2uq_jax.export import onnx_graph
 from n2uq_jax.train import config_lib, load_model, loop
 from tests.data.conftest import cifar_folder, cifar_tarball  # noqa: F401
 from tests.export.helpers import check_codes_end_to_end
@@ -50,20 +51,19 @@ def test_cifar_resnet20_export_matches_on_cifar_images(cifar_folder, tmp_path, q
     np.testing.assert_array_equal(got.argmax(-1), ref_logits.argmax(-1))
 
 
-def _onnx_codes(path, images, layers):
-  """The activation codes of ``model.onnx``: the uint8 input of each ``ConvInteger``
-  (EXPORT.md), in execution order, exposed as graph outputs; NCHW -> NHWC, by layer."""
-  import onnx  # pylint: disable=g-import-not-at-top
-  model = onnx.load(path)
-  inputs = [node.input[0] for node in model.graph.node if node.op_type == 'ConvInteger']
-  assert len(inputs) == len(layers), (len(inputs), layers)
-  model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.UINT8,
-                                                               None) for name in inputs)
-  outputs = ort.InferenceSession(model.SerializeToString(),
-                                 providers=['CPUExecutionProvider']).run(
-                                     None, {'image': images})
-  return outputs[0], {layer: codes.transpose(0, 2, 3, 1)
-                      for layer, codes in zip(layers, outputs[1:])}
+def _onnx_codes(out_dir, images):
+  """``(logits, {layer: codes NHWC})`` from onnxruntime: the export's graph built with
+  its codes as outputs (``onnx_graph.build_onnx(..., code_outputs=True)``), whose logits
+  must equal those of the written ``model.onnx``."""
+  engine = export.IntegerModel.load(out_dir)
+  proto = onnx_graph.build_onnx(engine.graph, in_channels=images.shape[-1], code_outputs=True)
+  session = ort.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
+  outputs = dict(zip([o.name for o in session.get_outputs()],
+                     session.run(None, {'image': images})))
+  written = ort.InferenceSession(f'{out_dir}/model.onnx', providers=['CPUExecutionProvider'])
+  np.testing.assert_array_equal(written.run(None, {'image': images})[0], outputs['logits'])
+  return outputs['logits'], {name[len('codes:'):]: np.transpose(value, (0, 2, 3, 1))
+                             for name, value in outputs.items() if name.startswith('codes:')}
 
 
 def test_cifar_resnet20_w4a4_export_codes_match_on_cifar_images(
@@ -93,7 +93,8 @@ def test_cifar_resnet20_w4a4_export_codes_match_on_cifar_images(
   assert max(int(c.max()) for c in ref_codes.values()) > 3       # 4-bit levels in use
   engine = export.IntegerModel.load(out_dir)
   logits, codes = engine.run(images)
-  onnx_logits, onnx_codes = _onnx_codes(f'{out_dir}/model.onnx', images, layers)
+  onnx_logits, onnx_codes = _onnx_codes(out_dir, images)
+  assert sorted(onnx_codes) == sorted(layers)
   scale = np.max(np.abs(ref_logits))
   for name, got_logits, got_codes in (('numpy', logits, codes),
                                       ('onnx', onnx_logits, onnx_codes)):
