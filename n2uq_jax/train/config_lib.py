@@ -65,10 +65,11 @@ FP_DOWNSAMPLE_TOKEN = 'fp_downsample'
 RUNTIME_FIELDS = (
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'async_checkpointing',
     'progress_bar', 'tensorboard', 'compilation_cache_dir', 'distributed', 'eval_every_steps',
-    'nonfinite_policy',
+    'nonfinite_policy', 'mesh',
 )
 """Fields that may change between a run and its resumption: they do not change the
-trained parameters. Every other field must match the config stored in the workdir."""
+trained parameters (``mesh``: a run may resume on other devices, to float tolerance).
+Every other field must match the config stored in the workdir."""
 
 
 @dataclasses.dataclass(frozen=True)

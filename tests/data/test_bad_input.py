@@ -41,7 +41,7 @@ def test_a_bad_jpeg_fails_naming_the_file(folder_copy, damage):
   content = bad.read_bytes()
   bad.write_bytes(content[: len(content) // 3] if damage == "truncated" else b"GIF89a junk")
   pipeline = data.create_pipeline(_folder_config(folder_copy), per_host_batch_size=8, seed=0)
-  with pytest.raises(Exception, match=f"cannot decode the image {bad}.*bad_images='skip'"):
+  with pytest.raises(ValueError, match=f"cannot decode the image {bad}.*bad_images='skip'"):
     _epoch(pipeline)
 
 

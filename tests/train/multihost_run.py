@@ -3,10 +3,11 @@ mock data, for tests/train/test_multihost.py. XLA_FLAGS must give the device cou
 
     python -m tests.train.multihost_run WORKDIR OUT.json --processes P --process-id I
         --port PORT [--steps 6] [--stop-after 3] [--cache DIR] [--variant w2a2]
-        [--delay SECONDS]
+        [--hold-at BATCH]
 
-``--delay`` slows every batch down and prints ``BATCH <n>`` as batch n is taken (so
-that a test can signal one process mid-run).
+``--hold-at`` prints ``BATCH <n>`` as batch n is taken and, after announcing that
+batch, waits for a line on stdin before the loop gets it (so that a test can signal
+this process while it is at a known step, then let it go on).
 
 Prints nothing unusual; writes OUT.json (process 0) with the logged training losses and
 the devices, and the final checkpoint's parameters to OUT.json.npz.
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
   parser.add_argument('--stop-after', type=int, default=0)
   parser.add_argument('--variant', default='w2a2')
   parser.add_argument('--cache', default='')
-  parser.add_argument('--delay', type=float, default=0.0)
+  parser.add_argument('--hold-at', type=int, default=0)
   args = parser.parse_args()
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -52,15 +52,17 @@ def main():
         num_processes=args.processes, process_id=args.process_id))
   loop.initialize_distributed(config)
   loop.configure_compilation_cache(args.cache)
-  class SlowPipeline(MockPipeline):
+
+  class AnnouncingPipeline(MockPipeline):
 
     def train_batch(self, index):
-      if args.delay:
+      if args.hold_at:
         print(f'BATCH {index + 1}', flush=True)
-        time.sleep(args.delay)
+        if index + 1 == args.hold_at:
+          sys.stdin.readline()
       return super().train_batch(index)
 
-  pipeline = SlowPipeline(per_host_batch_size=16 // args.processes, image_shape=(8, 8, 1),
+  pipeline = AnnouncingPipeline(per_host_batch_size=16 // args.processes, image_shape=(8, 8, 1),
                           num_classes=10, process_index=jax.process_index(),
                           process_count=jax.process_count())
   summary = loop.train_and_evaluate(config, args.workdir, pipeline=pipeline,

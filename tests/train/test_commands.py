@@ -19,9 +19,11 @@ import numpy as np
 import PIL.Image
 import pytest
 from absl import flags
+from flax import nnx
 
+import n2uq_jax.train as n2uq_train
 from n2uq_jax.interop import checkpoints as interop_checkpoints
-from n2uq_jax.train import config_lib, loop
+from n2uq_jax.train import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CIFAR_TARBALL = os.environ.get('N2UQ_CIFAR10_TARBALL', os.path.join(
@@ -256,24 +258,50 @@ def test_errors_are_one_line_and_exit_2(args, message, tmp_path):
   assert verbose.returncode != 0 and 'Traceback' in verbose.stderr
 
 
-def test_a_finished_run_continues_in_a_new_workdir(tmp_path, quiet_config, compilation_cache):
-  """The refusal of a longer schedule says how to go on, and following it restores the
-  quantized run with its learned quantizer parameters."""
-  config = quiet_config(config_lib.default_config('fp,w2a2'), num_train_steps=3,
-                        learning_rate=0.05)
-  loop.run(config, str(tmp_path / 'old'))
-  longer = quiet_config(config_lib.default_config('fp,w2a2'), num_train_steps=6,
-                        learning_rate=0.05)
-  with pytest.raises(ValueError, match='num_train_steps') as refusal:
-    loop.run(longer, str(tmp_path / 'old'))
-  assert '--config.init_checkpoint=' in str(refusal.value)
+def _params(model) -> dict[str, np.ndarray]:
+  """Every ``nnx.Param`` of ``model`` (quantizer parameters included) by dotted path."""
+  return {'.'.join(str(k) for k in path): np.asarray(value)
+          for path, value in nnx.to_flat_state(nnx.state(model, nnx.Param))}
 
-  old_run = str(tmp_path / 'old' / 'w2a2')
-  _, params, _, where = loop._restore_fp_model(  # pylint: disable=protected-access
-      old_run, 'small_cnn', num_classes=10, in_channels=1, compute_dtype=None,
-      mesh=loop.sharding.create_mesh(1))
-  assert where.endswith('@3')
-  offsets = {path: float(v) for path, v in _leaves(params) if path.endswith('.offset')}
-  assert offsets, 'the quantizer parameters were not restored'
-  # trained three steps at a large learning rate: the offsets moved from their init, 0
-  assert any(v != 0.0 for v in offsets.values()), offsets
+
+def test_a_finished_run_continues_in_a_new_workdir(tmp_path, quiet_config, compilation_cache):
+  """The refusal of a longer schedule says how to go on, and following it
+  (``init_checkpoint=OLD@STEP``) starts the new run from exactly that step's parameters,
+  the learned quantizer parameters included."""
+  old = str(tmp_path / 'old')
+  old_run = os.path.join(old, 'w2a2')
+  options = dict(loss='ce', learning_rate=0.05, global_batch_size=16, checkpoint_every_steps=1,
+                 keep_checkpoints=3, eval_every_steps=-1)
+  n2uq_train.run(quiet_config(config_lib.default_config('w2a2'), num_train_steps=3, **options),
+                 old)
+  longer = quiet_config(config_lib.default_config('w2a2'), num_train_steps=6, **options)
+  with pytest.raises(ValueError, match='num_train_steps') as refusal:
+    n2uq_train.run(longer, old)
+  assert f'--config.init_checkpoint={old_run} ' in str(refusal.value)
+
+  chosen = _params(n2uq_train.load_model(old_run, step=2))
+  latest = _params(n2uq_train.load_model(old_run, step=3))
+  quantizer = [p for p in chosen if p.endswith(('.offset', '.intervals', '.input_scale',
+                                                '.output_scale'))]
+  assert quantizer, sorted(chosen)
+  # two steps at a large learning rate moved the offsets from their init (0), and the
+  # third moved them again: picking the step matters
+  assert any(np.any(chosen[p] != 0) for p in quantizer if p.endswith('.offset'))
+  assert any(np.any(chosen[p] != latest[p]) for p in quantizer)
+
+  # The new run's first step trains at learning rate 0 (one warmup step from 0), so
+  # its step-1 checkpoint holds the parameters it started from.
+  new = str(tmp_path / 'new')
+  more = quiet_config(config_lib.default_config('w2a2'), loss='ce', num_train_steps=2,
+                      learning_rate=0.05, global_batch_size=16, schedule='constant',
+                      warmup_epochs=1.0, checkpoint_every_steps=1, log_every_steps=1,
+                      eval_every_steps=-1, init_checkpoint=f'{old_run}@2')
+  n2uq_train.run(more, new)
+  new_run = os.path.join(new, 'w2a2')
+  rates = {r['step']: r['learning_rate'] for r in n2uq_train.metrics.read_metrics(new_run)
+           if 'loss' in r}
+  assert rates[1] == 0.0 and rates[2] == pytest.approx(0.05)
+  started = _params(n2uq_train.load_model(new_run, step=1))
+  assert sorted(started) == sorted(chosen)
+  for path, value in chosen.items():
+    np.testing.assert_array_equal(started[path], value, err_msg=path)

@@ -36,6 +36,14 @@ def _model(manager_dir, step):
   return jax.tree.leaves(jax.tree.map(np.asarray, restored['model']))
 
 
+def _train_item(manager_dir, step):
+  """The ``train`` item of a checkpoint: ``{'step', 'opt_state'}`` as NumPy arrays."""
+  manager = ocp.CheckpointManager(manager_dir)
+  restored = manager.restore(step, args=ocp.args.Composite(train=ocp.args.StandardRestore()))
+  manager.close()
+  return jax.tree.map(np.asarray, restored['train'])
+
+
 def _largest_file(directory):
   files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
   return max(files, key=os.path.getsize)
@@ -241,13 +249,22 @@ def test_skipped_nonfinite_steps_are_counted_and_never_checkpointed(tmp_path, qu
   for step in (3, 6):
     leaves = _model(os.path.join(workdir, 'checkpoints'), step)
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
-  # the skipped steps left the parameters where they were: steps 2..3 changed nothing
+  # the skipped steps left the parameters, BatchNorm statistics and optimizer state
+  # (Adam moments and counts) where they were: steps 2..3 changed nothing but the step
   one = str(tmp_path / 'one_step')
   loop.train_and_evaluate(_config(quiet_config, num_train_steps=1, checkpoint_every_steps=1,
                                   **constant), one, pipeline=_pipeline())
   for a, b in zip(_model(os.path.join(one, 'checkpoints'), 1),
                   _model(os.path.join(workdir, 'checkpoints'), 3)):
     assert np.array_equal(a, b)
+  one_train = _train_item(os.path.join(one, 'checkpoints'), 1)
+  skipped_train = _train_item(os.path.join(workdir, 'checkpoints'), 3)
+  assert (int(one_train['step']), int(skipped_train['step'])) == (1, 3)
+  one_opt = jax.tree_util.tree_leaves_with_path(one_train['opt_state'])
+  skipped_opt = jax.tree.leaves(skipped_train['opt_state'])
+  assert len(one_opt) == len(skipped_opt) > 10
+  for (path, a), b in zip(one_opt, skipped_opt):
+    assert np.array_equal(a, b), jax.tree_util.keystr(path)
 
 
 def test_nonfinite_policy_is_validated(quiet_config):

@@ -6,6 +6,7 @@ checkpoint written by either layout resumes in the other. A SIGTERM that reaches
 process only stops both after the same step, with a checkpoint of it. Each process is a
 subprocess (tests/train/multihost_run.py) whose XLA_FLAGS are set before JAX starts."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -19,32 +20,48 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
+@contextlib.contextmanager
+def _reserved_port():
+  """A localhost port that no other program can take while the block runs.
+
+  A socket bound to it with ``SO_REUSEPORT`` (and never listening) holds the port; the
+  coordination service of ``jax.distributed`` (a gRPC server, which binds with
+  ``SO_REUSEPORT``) binds it too, while a program without the option cannot, and the
+  kernel hands the port to no one asking for a free one. So no program can take it
+  between the choice and the coordinator's start.
+  """
+  with socket.socket() as holder:
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(('127.0.0.1', 0))
+    yield holder.getsockname()[1]
 
 
-def _launch(workdir, out, processes, cache, *extra, signal_process=None, after_batch=0):
-  """Runs ``processes`` processes; with ``signal_process``, sends SIGTERM to that one
-  only once it has taken batch ``after_batch`` (run with ``--delay``)."""
+def _launch(workdir, out, processes, cache, *extra, signal_process=None, at_batch=0):
+  """Runs ``processes`` processes; with ``signal_process``, holds that one at batch
+  ``at_batch``, sends it SIGTERM there, then lets it go on (the others are not
+  signalled)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=f'--xla_force_host_platform_device_count={4 // processes}')
-  port = _free_port()
-  running = [subprocess.Popen(
-      [sys.executable, '-m', 'tests.train.multihost_run', str(workdir), str(out),
-       '--processes', str(processes), '--process-id', str(i), '--port', str(port),
-       '--cache', cache, *extra],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(processes)]
-  seen = ''
-  if signal_process is not None:
-    for line in running[signal_process].stdout:
-      seen += line
-      if line.strip() == f'BATCH {after_batch}':
-        running[signal_process].send_signal(signal.SIGTERM)
-        break
-  outputs = [p.communicate(timeout=600) for p in running]
+  with _reserved_port() as port:
+    running = [subprocess.Popen(
+        [sys.executable, '-m', 'tests.train.multihost_run', str(workdir), str(out),
+         '--processes', str(processes), '--process-id', str(i), '--port', str(port),
+         '--cache', cache, *extra,
+         *(['--hold-at', str(at_batch)] if i == signal_process else [])],
+        cwd=ROOT, env=env, stdin=subprocess.PIPE if i == signal_process else None,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for i in range(processes)]
+    seen = ''
+    if signal_process is not None:
+      signalled = running[signal_process]
+      for line in signalled.stdout:
+        seen += line
+        if line.strip() == f'BATCH {at_batch}':
+          signalled.send_signal(signal.SIGTERM)
+          break
+      signalled.stdin.write('go\n')
+      signalled.stdin.flush()  # communicate() below closes it
+    outputs = [p.communicate(timeout=600) for p in running]
   if signal_process is not None:
     outputs[signal_process] = (seen + outputs[signal_process][0], outputs[signal_process][1])
   for i, (p, (stdout, stderr)) in enumerate(zip(running, outputs)):
@@ -53,6 +70,7 @@ def _launch(workdir, out, processes, cache, *extra, signal_process=None, after_b
     result = json.load(f)
   result['params'] = dict(np.load(str(out) + '.npz'))
   result['stdout'] = outputs[0][0]
+  result['signalled_stdout'] = outputs[signal_process][0] if signal_process is not None else ''
   return result
 
 
@@ -75,13 +93,16 @@ def test_two_processes_match_one_and_checkpoints_move_between_them(tmp_path,
   shutil.copytree(tmp_path / 'two', tmp_path / 'two_then_one')
   shutil.copytree(tmp_path / 'one', tmp_path / 'one_then_two')
   two_then_one = _launch(tmp_path / 'two_then_one', tmp_path / 'a.json', 1, compilation_cache)
-  # the resumed two-process run gets a preemption notice on process 1 only, after it has
-  # taken batch 4: both processes stop after the same step, exit 0 and checkpoint it
+  # the resumed two-process run gets a preemption notice on process 1 only, during
+  # step 4: the processes agree on it one step later, so both stop after step 5 (before
+  # the last, 6), exit 0 and checkpoint it
   preempted = _launch(tmp_path / 'one_then_two', tmp_path / 'b.json', 2, compilation_cache,
-                      '--delay', '0.5', signal_process=1, after_batch=4)
+                      signal_process=1, at_batch=4)
   assert preempted['preempted'] == 'a stop request of another process'
-  stopped = preempted['step']
-  assert 4 <= stopped < 6 and preempted['checkpoint_step'] == stopped
+  stopped = 5
+  assert preempted['step'] == stopped and preempted['checkpoint_step'] == stopped
+  assert 'BATCH 5\n' in preempted['signalled_stdout']
+  assert 'BATCH 6\n' not in preempted['signalled_stdout']
   assert f'stopped by a stop request of another process after step {stopped}' in (
       preempted['stdout'])
   one_then_two = _launch(tmp_path / 'one_then_two', tmp_path / 'b.json', 2, compilation_cache)

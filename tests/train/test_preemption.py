@@ -36,17 +36,19 @@ def _run(workdir, cache, *extra):
   return result.stdout
 
 
-def _signalled(workdir, cache, signum, after_batch):
-  """Runs slowly, sends ``signum`` once batch ``after_batch`` has been taken."""
-  process = subprocess.Popen(_command(workdir, cache, '--delay', '0.4'), cwd=ROOT, env=_env(),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _signalled(workdir, cache, signum, at_batch):
+  """Runs until it announces batch ``at_batch``, sends ``signum`` while the loop waits
+  for that batch, then lets it go on: the signal arrives during step ``at_batch``."""
+  process = subprocess.Popen(_command(workdir, cache, '--hold-at', str(at_batch)), cwd=ROOT,
+                             env=_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
   lines = []
   for line in process.stdout:
     lines.append(line)
-    if line.strip() == f'BATCH {after_batch}':
+    if line.strip() == f'BATCH {at_batch}':
       process.send_signal(signum)
       break
-  out, err = process.communicate(timeout=600)
+  out, err = process.communicate('go\n', timeout=600)
   return process.returncode, ''.join(lines) + out, err
 
 
@@ -71,13 +73,15 @@ def test_signal_checkpoints_the_step_and_resumes_bit_identically(tmp_path, compi
   full = uninterrupted
 
   split = tmp_path / 'split'
-  status, out, err = _signalled(split, compilation_cache, signum, after_batch=3)
+  stopped = 3  # off the checkpoint cadence (5)
+  status, out, err = _signalled(split, compilation_cache, signum, at_batch=stopped)
   assert status == 0, out[-3000:] + err[-3000:]
   name = signal.Signals(signum).name
   lines = [l for l in out.splitlines() if l.startswith(f'[w2a2] stopped by {name} after step ')]
-  assert len(lines) == 1, out
-  stopped = int(lines[0].split('after step ')[1].split()[0])
-  assert 3 <= stopped < STEPS and stopped % 5 != 0  # off the checkpoint cadence (5)
+  assert lines == [f'[w2a2] stopped by {name} after step {stopped} of {STEPS}; checkpoint '
+                   f'{stopped} saved in {split / "w2a2" / "checkpoints"}. Run the same command '
+                   'again to resume'], out
+  assert f'BATCH {stopped + 1}\n' not in out  # it took no batch after the signal
   summary = json.loads(out.strip().splitlines()[-1])
   assert summary['preempted'] == name and summary['step'] == stopped
   variant_dir = str(split / 'w2a2')

@@ -3,8 +3,6 @@
 ResNet-18 step on mock data, then the trained model out to the official code's
 layout; and the config checks of the prefixed form."""
 
-import math
-
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -26,39 +24,71 @@ def save_torchvision(path, arch, seed):
   return {k: v.numpy() for k, v in model.state_dict().items()}
 
 
+def _softmax_cross_entropy_kd(student_logits, teacher_logits, temperature):
+  """SPEC 5's KD-only loss in NumPy (float64): ``T^2`` times the batch mean of the soft
+  cross-entropy ``-sum_c softmax(z_t / T)_c log_softmax(z_s / T)_c``."""
+  s = np.asarray(student_logits, np.float64) / temperature
+  t = np.asarray(teacher_logits, np.float64) / temperature
+  log_q = s - s.max(-1, keepdims=True)
+  log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+  p = np.exp(t - t.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return temperature ** 2 * np.mean(-(p * log_q).sum(-1))
+
+
 def test_w2a2_resnet18_step_from_torchvision_init_and_teacher(tmp_path, quiet_config,
                                                               compilation_cache):
   init = save_torchvision(tmp_path / 'resnet18.pth', 'resnet18', seed=0)
   save_torchvision(tmp_path / 'teacher.pth', 'resnet18', seed=1)
+  # Two steps; the first is a warmup step at learning rate 0, so the step-1 checkpoint
+  # holds the parameters the run started from (the recipe's per-epoch decay would be 0
+  # in a short run's only epoch, hence the constant schedule).
   config = quiet_config(
-      load('imagenet_resnet18'), num_train_steps=1, global_batch_size=2,
+      load('imagenet_resnet18'), num_train_steps=2, global_batch_size=2,
       init_checkpoint=f'torchvision:{tmp_path / "resnet18.pth"}',
       teacher_checkpoint=f'torchvision:{tmp_path / "teacher.pth"}', teacher_model='resnet18_fp',
       checkpoint_every_steps=1, log_every_steps=1, eval_every_steps=-1,
-      schedule='constant')  # the recipe's per-epoch decay is 0 in a 1-step run's only epoch
+      schedule='constant', warmup_epochs=1 / 3)
   assert config.variants == 'w2a2' and config.model_kwargs.quantize_downsample
+  assert config.loss == 'kd'
   pipeline = MockPipeline(per_host_batch_size=2, image_shape=(32, 32, 3), num_classes=10,
                           steps_per_epoch=3, num_eval_batches=1)
   run_dir = tmp_path / 'run'
   summary = loop.train_and_evaluate(config, str(run_dir), pipeline=pipeline)
-  assert summary['step'] == 1
-  losses = [r['loss'] for r in metrics.read_metrics(str(run_dir)) if 'loss' in r]
-  assert len(losses) == 1 and math.isfinite(losses[0]) and losses[0] > 0
+  assert summary['step'] == 2
+  logged = {r['step']: r for r in metrics.read_metrics(str(run_dir)) if 'loss' in r}
+  assert sorted(logged) == [1, 2] and logged[1]['learning_rate'] == 0.0
+
+  # The logged loss of step 1 is the KD of the student (training mode: BatchNorm over
+  # the batch) against the torchvision teacher (evaluation mode), run here in PyTorch.
+  images = pipeline.train_batch(0)['image']
+  teacher = torchvision.models.resnet18(weights=None, num_classes=10)
+  teacher.load_state_dict(torch.load(tmp_path / 'teacher.pth'))
+  teacher.eval()
+  with torch.no_grad():
+    teacher_logits = teacher(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+  student = load_model(str(run_dir), step=1)
+  student.train()
+  student_logits = np.asarray(student(images))
+  want = _softmax_cross_entropy_kd(student_logits, teacher_logits, config.kd_temperature)
+  np.testing.assert_allclose(logged[1]['loss'], want, rtol=1e-5)
 
   manager = ocp.CheckpointManager(str(run_dir / 'checkpoints'))
-  params = manager.restore(1, args=ocp.args.Composite(
-      model=ocp.args.StandardRestore()))['model']['params']
+  start, params = (manager.restore(step, args=ocp.args.Composite(
+      model=ocp.args.StandardRestore()))['model']['params'] for step in (1, 2))
   manager.close()
-  # One Adam step moves a weight by at most the learning rate: the W2A2 model
-  # started from the torchvision weights (the shortcut conv included).
-  step = config.learning_rate * 1.001
+  # The W2A2 model started from the torchvision weights (the shortcut conv included),
+  # and one Adam step (bias-corrected moments of two gradients) moves a weight by about
+  # the learning rate at most.
+  step = config.learning_rate * 1.1
   for path, key in (('layer1/0/conv1/kernel', 'layer1.0.conv1.weight'),
                     ('layer3/0/downsample/conv/kernel', 'layer3.0.downsample.0.weight'),
-                    ('conv1/kernel', 'conv1.weight')):
-    value = params
+                    ('conv1/kernel', 'conv1.weight'), ('fc/kernel', 'fc.weight')):
+    value, started = params, start
     for part in path.split('/'):
-      value = value[part]
-    want = init[key].transpose(2, 3, 1, 0)
+      value, started = value[part], started[part]
+    want = init[key].transpose(2, 3, 1, 0) if init[key].ndim == 4 else init[key].T
+    np.testing.assert_array_equal(np.asarray(started), want, err_msg=path)
     assert np.max(np.abs(np.asarray(value) - want)) <= step, path
   assert not np.array_equal(np.asarray(params['fc']['kernel']), init['fc.weight'].T)
 

@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from n2uq_jax import data
-from n2uq_jax.train import config_lib, load_model, loop
+from n2uq_jax.train import config_lib, load_model, loop, metrics
 
 
 def _checkpoint_params(directory, step):
@@ -17,6 +18,12 @@ def _checkpoint_params(directory, step):
   restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore()))
   manager.close()
   return jax.tree.map(np.asarray, restored['model']['params'])
+
+
+def _by_path(tree):
+  """``{'layer/0/kernel': array}`` of a nested dict (integer or string keys)."""
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): np.asarray(leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def test_load_model_latest_step_and_best(tmp_path, quiet_config, compilation_cache):
@@ -39,8 +46,19 @@ def test_load_model_latest_step_and_best(tmp_path, quiet_config, compilation_cac
   early = load_model(run_dir, step=3)
   params3 = _checkpoint_params(os.path.join(run_dir, 'checkpoints'), 3)
   np.testing.assert_array_equal(np.asarray(early.fc.kernel.get_value()), params3['fc']['kernel'])
+  # best: the first evaluation of the highest accuracy in metrics.jsonl, restored with
+  # every parameter of its best/<step> checkpoint
+  evaluations = [r for r in metrics.read_metrics(run_dir) if 'eval_accuracy' in r]
+  assert [r['step'] for r in evaluations] == [3, 6]
+  best_record = max(evaluations, key=lambda r: r['eval_accuracy'])  # first of equal ones
+  assert summary['best_eval_accuracy'] == best_record['eval_accuracy']
   best = load_model(run_dir, step='best')
-  assert summary['best_eval_accuracy'] is not None and best is not None
+  best_params = _checkpoint_params(os.path.join(run_dir, 'best'), best_record['step'])
+  got = _by_path(nnx.to_pure_dict(nnx.state(best, nnx.Param)))
+  want = _by_path(best_params)
+  assert sorted(got) == sorted(want) and len(want) > 10
+  for path, value in want.items():
+    np.testing.assert_array_equal(got[path], value, err_msg=path)
 
   with pytest.raises(ValueError, match='no checkpoint at step 5'):
     load_model(run_dir, step=5)
