@@ -21,7 +21,7 @@ import pytest
 from absl import flags
 
 from n2uq_jax.interop import checkpoints as interop_checkpoints
-from n2uq_jax.train import config_lib, loop
+from n2uq_jax.train import config_lib, loop, setup, sharding
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CIFAR_TARBALL = os.environ.get('N2UQ_CIFAR10_TARBALL', os.path.join(
@@ -265,9 +265,9 @@ def test_a_finished_run_continues_in_a_new_workdir(tmp_path, quiet_config, compi
   assert '--config.init_checkpoint=' in str(refusal.value)
 
   old_run = str(tmp_path / 'old' / 'w2a2')
-  _, params, _, where = loop._restore_fp_model(  # pylint: disable=protected-access
+  _, params, _, where = setup.restore_source_model(
       old_run, 'small_cnn', num_classes=10, in_channels=1, compute_dtype=None,
-      mesh=loop.sharding.create_mesh(1))
+      mesh=sharding.create_mesh(1))
   assert where.endswith('@3')
   offsets = {path: float(v) for path, v in _leaves(params) if path.endswith('.offset')}
   assert offsets, 'the quantizer parameters were not restored'
