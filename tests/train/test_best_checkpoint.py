@@ -1,6 +1,6 @@
 """``best/`` keeps exactly the best-scoring evaluation's model, survives the
 rotation of ``checkpoints/``, and checkpoint paths (a run directory, a manager
-directory, ``DIR@STEP``) resolve as :func:`resolve_model_checkpoint` documents.
+directory, ``DIR@STEP``) resolve as :func:`n2uq_jax.runs.checkpoints.resolve` documents.
 Run with synchronous and asynchronous saving (where ``save_best`` right after a
 save once read the metrics of a best checkpoint still being written)."""
 
