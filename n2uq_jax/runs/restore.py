@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from n2uq_jax.runs import checkpoints, layout
@@ -89,7 +90,9 @@ def restore_run(run_dir: str, *, step=None) -> RestoredRun:
     raise ValueError(f'checkpoint {directory}@{step} is corrupt: {problem}; give another '
                      f'step of {checkpoints.manager_steps(directory)}')
   item_dir = os.path.join(checkpoints.step_dir(directory, step), 'model')
-  metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+  # The item handler reads the array metadata of the ``model`` item; a Checkpointer would
+  # also look for a step-level _CHECKPOINT_METADATA inside the item and warn.
+  metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
   shapes = jax.tree.map(lambda m: tuple(m.shape), dict(metadata))
   stem = _lookup(shapes['params'], _STEM_KERNELS, 'stem conv', item_dir)
   head = _lookup(shapes['params'], _CLASSIFIER_KERNELS, 'classifier', item_dir)

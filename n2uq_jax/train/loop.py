@@ -342,6 +342,7 @@ class Session:
         'total_steps': int(self.total_steps),
         'final_eval_accuracy': last.get('eval_accuracy'), 'final_eval_loss': last.get('eval_loss'),
         'best_eval_accuracy': self.best_accuracy, 'train_seconds': round(train_seconds, 3),
+        'already_finished': self.start_step >= self.total_steps,
         'workdir': self.workdir, 'preempted': self.stopped_by,
         'nonfinite_steps': self.log.nonfinite_steps,
     }
@@ -381,7 +382,8 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
   Returns:
     The summary: ``variant``, ``final_eval_accuracy``, ``best_eval_accuracy``,
     ``step``, ``train_seconds``, ``workdir``, ``preempted`` (the signal's name or
-    None), ``nonfinite_steps`` (steps skipped for a NaN/inf, this session).
+    None), ``nonfinite_steps`` (steps skipped for a NaN/inf, this session),
+    ``already_finished`` (the workdir held its last step before this call).
 
   Raises:
     n2uq_jax.train.step.DivergenceError: a non-finite step with
@@ -419,7 +421,9 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
     state, data_state, start_step = ckpt.restore(
         checkpoint_lib.abstract(state, setup.state_shardings))
     iterator.set_state(data_state)
-    say(f'[{variant.name}] resumed {workdir} from step {start_step}')
+    say(f'[{variant.name}] {workdir} is already finished at step {start_step}'
+        if start_step >= total_steps else
+        f'[{variant.name}] resumed {workdir} from step {start_step}')
   writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.tensorboard,
                                      enabled=jax.process_index() == 0)
   session = Session(config, label=variant.name, workdir=workdir, pipeline=pipeline, mesh=mesh,
