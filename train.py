@@ -9,10 +9,11 @@ prints both accuracies.
   argument (variants and method; see ``n2uq_jax/train/config_lib.py``).
 * ``--config.num_train_steps=100``: any field (a positive ``num_train_steps``
   overrides ``num_epochs``).
-* ``--workdir``: default ``./workdir/<config file name>``. One sub-directory per
-  variant. Running again on a workdir resumes from its latest checkpoint; a workdir
-  that holds a different config is refused (use another workdir, or start a new one
-  from it with ``--config.init_checkpoint=OLD_WORKDIR/VARIANT``).
+* ``--workdir``: default ``./workdir/<config file name>`` followed by the argument's
+  tokens (``./workdir/default``, ``./workdir/cifar10_resnet20_fp_w2a2``). One
+  sub-directory per variant. Running again on a workdir resumes from its latest
+  checkpoint; a workdir that holds a different config is refused (use another workdir,
+  or start a new one from it with ``--config.init_checkpoint=OLD_WORKDIR/VARIANT``).
 * A bad flag, config value, dataset or checkpoint prints one ``train.py: error: ...``
   message and exits with status 2; ``--verbosity=1`` (or ``-v 1``) shows the traceback.
   A run that diverges (a NaN/inf step with ``nonfinite_policy='stop'``) prints one such
@@ -44,14 +45,21 @@ def define_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -
       'config', _DEFAULT_CONFIG,
       'Training config file, with an optional ":ARG" (e.g. configs/imagenet_resnet18.py:w2a2).',
       flag_values=flag_values, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string('workdir', None, 'Run directory (default: ./workdir/<config file name>).',
+  flags.DEFINE_string('workdir', None, 'Run directory (default: ./workdir/<config file name>'
+                      '[_<argument tokens>], e.g. ./workdir/default_fp_w2a2_dorefa).',
                       flag_values=flag_values)
 
 
-def _default_workdir() -> str:
-  filename = flags.FLAGS['config'].config_filename
-  stem = os.path.splitext(os.path.basename(filename.split(':')[0]))[0]
-  return os.path.join('.', 'workdir', stem)
+def default_workdir(config_argument: str) -> str:
+  """``./workdir/<config file name>[_<argument tokens>]``: ``./workdir/default`` for
+  ``configs/default.py``, ``./workdir/default_fp_w2a2_dorefa`` for
+  ``configs/default.py:fp,w2a2,dorefa``, so that runs of different variants or methods
+  do not meet in one workdir."""
+  path, _, argument = config_argument.partition(':')
+  stem = os.path.splitext(os.path.basename(path))[0]
+  tokens = [re.sub(r'[^a-z0-9_]+', '_', token.strip().lower())
+            for token in argument.split(',') if token.strip()]
+  return os.path.join('.', 'workdir', '_'.join([stem, *tokens]))
 
 
 def _wants_traceback(argv: list[str]) -> bool:
@@ -118,7 +126,7 @@ def main(argv):
     # Multi-host setup must precede every other JAX call.
     loop.initialize_distributed(config)
     import jax  # pylint: disable=g-import-not-at-top
-    workdir = flags.FLAGS.workdir or _default_workdir()
+    workdir = flags.FLAGS.workdir or default_workdir(flags.FLAGS['config'].config_filename)
     logging.info('workdir %s, %d processes, %d devices', workdir, jax.process_count(),
                  jax.device_count())
     start = time.perf_counter()

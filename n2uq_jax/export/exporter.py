@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from n2uq_jax import runs
 from n2uq_jax.export import graph as graph_lib
 from n2uq_jax.export import engine, onnx_graph, qonnx_graph, stablehlo, tables
 
@@ -99,12 +100,11 @@ def export_run(run_dir: str, out_dir: str, *, step=None, write_onnx: bool = True
                overwrite: bool = False, format: str = 'onnx',  # pylint: disable=redefined-builtin
                layout: str = 'NCHW') -> dict[str, Any]:
   """Exports the checkpoint of a variant run directory (``step`` as in
-  :func:`n2uq_jax.train.load_model`; ``overwrite``, ``format`` and ``layout`` as in
-  :func:`export_model`, the image size from the run's ``data.image_size``)."""
+  :func:`n2uq_jax.runs.load_model`: the latest by default; ``overwrite``, ``format`` and
+  ``layout`` as in :func:`export_model`, the image size from the run's ``data.image_size``)."""
   if not overwrite:
     _refuse_to_overwrite(out_dir)
-  from n2uq_jax.train import restore  # pylint: disable=g-import-not-at-top
-  run = restore.restore_run(run_dir, step=step)
+  run = runs.restore_run(run_dir, step=step)
   source = {'step': run.step, 'checkpoint_sha256': run.checkpoint_sha256,
             'variant': str(run.config.variants), 'method': str(run.config.method)}
   return export_model(run.model, out_dir, model_name=run.model_name, source=source,

@@ -104,7 +104,7 @@ def make_capture_fn(model_def, *, samples: int) -> tuple[Callable, dict[str, Lay
   that its first call fills.
 
   Args:
-    model_def: the model's :class:`n2uq_jax.train.step.ModelDef`.
+    model_def: the model's :class:`n2uq_jax.runs.model.ModelDef`.
     samples: input values sampled per quantized layer and call.
 
   ``images`` is ``(B, H, W, C)``, ``mask`` ``(B,)`` (padding rows false, excluded

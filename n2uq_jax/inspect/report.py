@@ -29,10 +29,10 @@ from n2uq_jax.inspect import capture as capture_lib
 from n2uq_jax.inspect import cost as cost_lib
 from n2uq_jax.inspect import figures
 from n2uq_jax.inspect import levels as levels_lib
-from n2uq_jax.train import config_lib
-from n2uq_jax.train import metrics as metrics_lib
-from n2uq_jax.train import restore as restore_lib
-from n2uq_jax.train import step as step_lib
+from n2uq_jax.runs import checkpoints as checkpoints_lib
+from n2uq_jax.runs import layout
+from n2uq_jax.runs import model as model_lib
+from n2uq_jax.runs import restore as restore_lib
 
 
 def _pipeline(config, *, batch_size: int, data_dir: str | None):
@@ -52,7 +52,7 @@ def _capture(model, pipeline, *, num_batches: int, samples: int, seed: int):
   the concatenated ``samples`` and the ``thresholds``; the layer shapes; the number
   of valid images seen.
   """
-  model_def, params, model_state = step_lib.split_model(model)
+  model_def, params, model_state = model_lib.split_model(model)
   capture_fn, shapes = capture_lib.make_capture_fn(model_def, samples=samples)
   key = jax.random.key(seed)
   totals: dict[str, dict[str, Any]] = {}
@@ -76,7 +76,7 @@ def _capture(model, pipeline, *, num_batches: int, samples: int, seed: int):
 def _occupancy(counts: np.ndarray) -> tuple[list[float], float]:
   total = counts.sum()
   fractions = counts / total if total > 0 else counts
-  return [float(f) for f in fractions], metrics_lib.occupancy_entropy(counts)
+  return [float(f) for f in fractions], layout.occupancy_entropy(counts)
 
 
 def _activation_name(layer) -> str:
@@ -114,11 +114,9 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
       raise ValueError(f'{name}={value!r} must be an integer >= {low}')
   if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
     raise ValueError(f'batch_size={batch_size!r} must be an integer >= 1 (or None)')
-  if step is None and restore_lib.has_best_checkpoint(run_dir):
-    step = 'best'
-  restored = restore_lib.restore_run(run_dir, step=step)
+  restored = restore_lib.restore_run(run_dir, step=checkpoints_lib.BEST if step is None else step)
   model, config = restored.model, restored.config
-  variant, = config_lib.variants(config)
+  variant, = model_lib.variants(config)
   batch_size = batch_size or min(int(config.global_batch_size), 256)
   pipeline = _pipeline(config, batch_size=batch_size, data_dir=data_dir)
   records, shapes, images = _capture(model, pipeline, num_batches=num_batches,
@@ -168,8 +166,8 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
   if activation_rows or weight_rows:
     figures.draw_occupancy(activation_rows, weight_rows, os.path.join(out_dir, 'occupancy.png'))
     written.append('occupancy.png')
-  metrics_path = os.path.join(run_dir, 'metrics.jsonl')
-  metric_records = metrics_lib.read_metrics(run_dir) if os.path.isfile(metrics_path) else []
+  metrics_path = os.path.join(run_dir, layout.METRICS_FILE)
+  metric_records = layout.read_metrics(run_dir) if os.path.isfile(metrics_path) else []
   if figures.draw_curves(metric_records, os.path.join(out_dir, 'curves.png'), loss=config.loss):
     written.append('curves.png')
 

@@ -3,6 +3,7 @@ conv and dense layers, RPReLU, and the per-layer quantizer policy."""
 
 from n2uq_jax.nn.layers import QuantConv, QuantDense, RPReLU, WeightQuantizer, default_conv_init
 from n2uq_jax.nn.quantizers import (
+    ActivationQuantizer,
     DoReFaActivation,
     LSQActivation,
     N2UQActivation,

@@ -34,9 +34,9 @@ def _pair(value, name) -> tuple[int, int]:
 
 
 class WeightQuantizer(nnx.Module):
-  """Quantizes a kernel with the family of a :class:`QuantSpec`.
+  """Quantizes a kernel with a family of :data:`n2uq_jax.quant.WEIGHT_FAMILIES`.
 
-  ``'n2uq'``: entropy-preserving, per output channel (SPEC 3.1);
+  ``'n2uq'``: entropy-preserving, per output channel (the last axis, SPEC 3.1);
   ``'dorefa'``: DoReFa, per tensor; ``'lsq'``: signed LSQ with a learned step
   initialised to ``2 mean|W| / sqrt(Q_p)`` (LSQ's rule); ``'none'``: identity.
   """
@@ -44,18 +44,13 @@ class WeightQuantizer(nnx.Module):
   def __init__(self, family: str, bits: int, kernel: jax.Array):
     self.family = family
     self.bits = bits
-    if family == 'lsq':
-      _, high = quant.lsq_levels(bits, signed=True)
-      self.step_size = QuantizerParam(2 * jnp.mean(jnp.abs(kernel)) / jnp.sqrt(high))
+    for name, value in quant.weight_family(family).init(bits, kernel, jnp.float32).items():
+      setattr(self, name, QuantizerParam(value))
 
   def __call__(self, kernel: jax.Array) -> jax.Array:
-    if self.family == 'n2uq':
-      return quant.n2uq_weight(kernel, bits=self.bits, channel_axis=-1)
-    if self.family == 'dorefa':
-      return quant.dorefa_weight(kernel, bits=self.bits)
-    if self.family == 'lsq':
-      return quant.lsq_quantize(kernel, self.step_size[...], bits=self.bits, signed=True)
-    return kernel
+    family = quant.weight_family(self.family)
+    params = {name: getattr(self, name)[...] for name in family.param_names}
+    return family.apply(kernel, params, self.bits, (kernel.ndim - 1,))
 
 
 def _make_quantizers(spec: QuantSpec, kernel: jax.Array, param_dtype):

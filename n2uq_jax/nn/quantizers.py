@@ -9,8 +9,6 @@ export.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -22,7 +20,39 @@ class QuantizerParam(nnx.Param):
   """A learned quantizer parameter: thresholds, scales, clip levels, step sizes."""
 
 
-class N2UQActivation(nnx.Module):
+class ActivationQuantizer(nnx.Module):
+  """An activation quantizer of a family of :data:`n2uq_jax.quant.ACTIVATION_FAMILIES`:
+  its learned parameters are :class:`QuantizerParam` attributes named as the family
+  names them, and the forward pass is the family's ``apply``.
+
+  Args:
+    family: the family's name.
+    bits: bit-width, 1..8.
+    param_dtype: dtype of the learned parameters.
+    initial: initial values replacing the family's defaults, by parameter name.
+  """
+
+  def __init__(self, family: str, bits: int, *, param_dtype=jnp.float32, **initial):
+    spec = quant.activation_family(family)
+    unknown = sorted(set(initial) - set(spec.param_names))
+    if unknown:
+      raise ValueError(f'{family} quantizer has no parameters {unknown}; its parameters: '
+                       f'{spec.param_names}')
+    self.family = family
+    self.bits = quant.check_bits(bits)
+    for name, value in spec.init(self.bits, None, param_dtype).items():
+      setattr(self, name, QuantizerParam(jnp.asarray(initial.get(name, value), param_dtype)))
+
+  def quantizer_params(self) -> dict[str, jax.Array]:
+    """The learned parameters' values, by name."""
+    return {name: getattr(self, name)[...]
+            for name in quant.activation_family(self.family).param_names}
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return quant.activation_family(self.family).apply(x, self.quantizer_params(), self.bits, ())
+
+
+class N2UQActivation(ActivationQuantizer):
   """N2UQ activation quantizer (SPEC 2): learned offset, intervals and scales.
 
   Attributes:
@@ -32,19 +62,11 @@ class N2UQActivation(nnx.Module):
   """
 
   def __init__(self, bits: int, *, param_dtype=jnp.float32):
-    self.bits = bits
-    init = quant.init_n2uq_activation(bits, param_dtype)
-    self.offset = QuantizerParam(init.offset)
-    self.intervals = QuantizerParam(init.intervals)
-    self.input_scale = QuantizerParam(init.input_scale)
-    self.output_scale = QuantizerParam(init.output_scale)
+    super().__init__('n2uq', bits, param_dtype=param_dtype)
 
   def params(self) -> quant.ActivationParams:
     return quant.ActivationParams(self.offset[...], self.intervals[...],
                                   self.input_scale[...], self.output_scale[...])
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return quant.n2uq_activation(x, *self.params(), bits=self.bits)
 
   def codes(self, x: jax.Array) -> jax.Array:
     """Integer levels ``k`` of ``x``, int32 in ``0..2**bits - 1``."""
@@ -52,37 +74,31 @@ class N2UQActivation(nnx.Module):
     return quant.n2uq_activation_codes(x, p.offset, p.intervals, p.input_scale, bits=self.bits)
 
 
-class DoReFaActivation(nnx.Module):
+class DoReFaActivation(ActivationQuantizer):
   """DoReFa activation quantizer on ``[0, 1]``; no learned parameters."""
 
-  def __init__(self, bits: int):
-    self.bits = bits
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return quant.dorefa_activation(x, bits=self.bits)
+  def __init__(self, bits: int, *, param_dtype=jnp.float32):
+    super().__init__('dorefa', bits, param_dtype=param_dtype)
 
 
-class PACTActivation(nnx.Module):
+class PACTActivation(ActivationQuantizer):
   """PACT with a learned clip ``alpha``.
 
-  ``gradient='paper'`` uses PACT's own STE; ``gradient='n2uq_mbv2'`` the
-  variant of the official N2UQ MobileNetV2 (SPEC 4.5), with ``alpha`` at 2.0.
+  ``gradient='paper'`` uses PACT's own STE (family ``pact``); ``gradient='n2uq_mbv2'``
+  the variant of the official N2UQ MobileNetV2 (SPEC 4.5, family ``pact_n2uq_mbv2``),
+  with ``alpha`` at 2.0.
   """
 
-  def __init__(self, bits: int, *, init_alpha: float = 2.0, gradient: str = 'paper',
-               param_dtype=jnp.float32):
+  def __init__(self, bits: int, *, init_alpha: float = quant.families.PACT_INIT_ALPHA,
+               gradient: str = 'paper', param_dtype=jnp.float32):
     if gradient not in ('paper', 'n2uq_mbv2'):
       raise ValueError(f"PACT gradient must be 'paper' or 'n2uq_mbv2', got {gradient!r}")
-    self.bits = bits
+    super().__init__('pact' if gradient == 'paper' else 'pact_n2uq_mbv2', bits,
+                     param_dtype=param_dtype, alpha=init_alpha)
     self.gradient = gradient
-    self.alpha = QuantizerParam(jnp.asarray(init_alpha, param_dtype))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    fn = quant.pact_activation if self.gradient == 'paper' else quant.pact_activation_n2uq_mbv2
-    return fn(x, self.alpha[...], bits=self.bits)
 
 
-class LSQActivation(nnx.Module):
+class LSQActivation(ActivationQuantizer):
   """LSQ on unsigned activations with a learned step; gradient scale
   ``1 / sqrt(features_per_example * Q_p)`` (LSQ section 2.2).
 
@@ -90,45 +106,36 @@ class LSQActivation(nnx.Module):
   range), since LSQ's data-dependent initialisation needs a batch.
   """
 
-  def __init__(self, bits: int, *, init_range: float = 2.0, param_dtype=jnp.float32):
-    self.bits = bits
+  def __init__(self, bits: int, *, init_range: float = quant.families.LSQ_INIT_RANGE,
+               param_dtype=jnp.float32):
     _, high = quant.lsq_levels(bits, signed=False)
-    self.step_size = QuantizerParam(jnp.asarray(init_range / high, param_dtype))
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    _, high = quant.lsq_levels(self.bits, signed=False)
-    features = math.prod(x.shape[1:]) if x.ndim > 1 else x.size
-    return quant.lsq_quantize(x, self.step_size[...], bits=self.bits, signed=False,
-                              grad_scale=1.0 / math.sqrt(features * high))
+    super().__init__('lsq', bits, param_dtype=param_dtype, step_size=init_range / high)
 
 
-class UniformActivation(nnx.Module):
-  """Fixed uniform quantizer on ``[0, upper]`` with a clipped STE."""
+class UniformActivation(ActivationQuantizer):
+  """Fixed uniform quantizer on ``[0, upper]`` with a clipped STE
+  (``upper`` = :data:`n2uq_jax.quant.families.UNIFORM_UPPER`)."""
 
-  def __init__(self, bits: int, *, upper: float = 2.0):
-    self.bits = bits
-    self.upper = upper
+  upper = quant.families.UNIFORM_UPPER
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return quant.uniform_quantize(x, bits=self.bits, lower=0.0, upper=self.upper)
+  def __init__(self, bits: int, *, param_dtype=jnp.float32):
+    super().__init__('uniform', bits, param_dtype=param_dtype)
+
+
+_MODULES = {'n2uq': N2UQActivation, 'dorefa': DoReFaActivation, 'lsq': LSQActivation,
+            'uniform': UniformActivation,
+            'pact': PACTActivation,
+            'pact_n2uq_mbv2': lambda bits, **kw: PACTActivation(bits, gradient='n2uq_mbv2', **kw)}
+"""The families with a module of their own (the level readers of export and inspection
+know them by class); any other family gets an :class:`ActivationQuantizer`."""
 
 
 def make_activation_quantizer(family: str, bits: int, *, param_dtype=jnp.float32):
-  """The activation quantizer module of ``family`` (see ``spec.ACTIVATION_QUANTIZERS``),
-  or ``None`` for ``'none'``."""
-  if family == 'none':
+  """The activation quantizer module of ``family`` (one of
+  :data:`n2uq_jax.quant.ACTIVATION_FAMILIES`), or ``None`` for ``'none'``."""
+  quant.activation_family(family)
+  if family == quant.families.NONE:
     return None
-  if family == 'n2uq':
-    return N2UQActivation(bits, param_dtype=param_dtype)
-  if family == 'dorefa':
-    return DoReFaActivation(bits)
-  if family == 'pact':
-    return PACTActivation(bits, param_dtype=param_dtype)
-  if family == 'pact_n2uq_mbv2':
-    return PACTActivation(bits, gradient='n2uq_mbv2', param_dtype=param_dtype)
-  if family == 'lsq':
-    return LSQActivation(bits, param_dtype=param_dtype)
-  if family == 'uniform':
-    return UniformActivation(bits)
-  raise ValueError(f'unknown activation quantizer {family!r}; valid: n2uq, dorefa, pact, '
-                   'pact_n2uq_mbv2, lsq, uniform, none')
+  if family in _MODULES:
+    return _MODULES[family](bits, param_dtype=param_dtype)
+  return ActivationQuantizer(family, bits, param_dtype=param_dtype)

@@ -13,13 +13,15 @@ import dataclasses
 import fnmatch
 from typing import Mapping
 
-from n2uq_jax.quant import _validation
+from n2uq_jax import quant
 
-ACTIVATION_QUANTIZERS = ('n2uq', 'dorefa', 'pact', 'pact_n2uq_mbv2', 'lsq', 'uniform', 'none')
-"""Activation quantizer families: N2UQ (SPEC 2), the baselines, or none."""
+ACTIVATION_QUANTIZERS = tuple(quant.ACTIVATION_FAMILIES)
+"""Activation quantizer families (:data:`n2uq_jax.quant.ACTIVATION_FAMILIES`): N2UQ
+(SPEC 2), its signed extension, the baselines, or none."""
 
-WEIGHT_QUANTIZERS = ('n2uq', 'dorefa', 'lsq', 'none')
-"""Weight quantizer families: N2UQ entropy-preserving (SPEC 3), DoReFa, LSQ, or none."""
+WEIGHT_QUANTIZERS = tuple(quant.WEIGHT_FAMILIES)
+"""Weight quantizer families (:data:`n2uq_jax.quant.WEIGHT_FAMILIES`): N2UQ
+entropy-preserving (SPEC 3), DoReFa, LSQ, or none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +41,10 @@ class QuantSpec:
   weight_bits: int = 2
 
   def __post_init__(self):
-    if self.activation not in ACTIVATION_QUANTIZERS:
-      raise ValueError(f'activation quantizer must be one of {ACTIVATION_QUANTIZERS}, '
-                       f'got {self.activation!r}')
-    if self.weight not in WEIGHT_QUANTIZERS:
-      raise ValueError(f'weight quantizer must be one of {WEIGHT_QUANTIZERS}, '
-                       f'got {self.weight!r}')
-    _validation.check_bits(self.activation_bits)
-    _validation.check_bits(self.weight_bits)
+    quant.activation_family(self.activation)
+    quant.weight_family(self.weight)
+    quant.check_bits(self.activation_bits)
+    quant.check_bits(self.weight_bits)
 
   @classmethod
   def uniform_bits(cls, bits: int, activation: str = 'n2uq', weight: str = 'n2uq') -> 'QuantSpec':

@@ -1,7 +1,12 @@
 """Pure-JAX quantizers: the N2UQ activation and weight quantizers (SPEC 2, 3) and
 the baselines the paper compares against. No Flax, no state: every parameter is
 an explicit argument, so they compose with jit, grad, vmap, remat, scan and
-shard_map."""
+shard_map.
+
+The registry of quantizer families by name (:mod:`n2uq_jax.quant.families`) and the
+argument checks (:func:`check_bits`) are public: the layers, the Qwix provider and the
+configs use them.
+"""
 
 from n2uq_jax.quant.activation import (
     INTERVAL_FLOOR,
@@ -29,4 +34,13 @@ from n2uq_jax.quant.weight import (
     entropy_preserving_gamma,
     n2uq_weight,
     n2uq_weight_codes,
+)
+from n2uq_jax.quant.validation import MAX_BITS, MIN_BITS, check_bits
+from n2uq_jax.quant.families import (
+    ACTIVATION_FAMILIES,
+    METHODS,
+    WEIGHT_FAMILIES,
+    Family,
+    activation_family,
+    weight_family,
 )

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from n2uq_jax.quant import _validation
+from n2uq_jax.quant import validation
 
 INTERVAL_FLOOR = 1e-3
 """Lower bound on the interval lengths, applied with a select (SPEC 2.1)."""
@@ -51,7 +51,7 @@ class ActivationParams(NamedTuple):
 
 def num_thresholds(bits: int) -> int:
   """``K = 2**bits - 1``: thresholds, intervals, and the index of the top level."""
-  return 2 ** _validation.check_bits(bits) - 1
+  return 2 ** validation.check_bits(bits) - 1
 
 
 def level_spacing(bits: int) -> float:
@@ -93,15 +93,15 @@ def thresholds(offset: jax.Array, intervals: jax.Array) -> jax.Array:
 
 
 def _check_arguments(x, offset, intervals, input_scale, output_scale, bits):
-  bits = _validation.check_bits(bits)
-  _validation.check_floating(x, 'x')
+  bits = validation.check_bits(bits)
+  validation.check_floating(x, 'x')
   for name, value in (('offset', offset), ('intervals', intervals),
                       ('input_scale', input_scale), ('output_scale', output_scale)):
-    _validation.check_floating(value, name)
-  _validation.check_shape(offset, (), 'offset')
-  _validation.check_shape(intervals, (2 ** bits - 1,), f'intervals (bits={bits})')
-  _validation.check_shape(input_scale, (), 'input_scale')
-  _validation.check_shape(output_scale, (), 'output_scale')
+    validation.check_floating(value, name)
+  validation.check_shape(offset, (), 'offset')
+  validation.check_shape(intervals, (2 ** bits - 1,), f'intervals (bits={bits})')
+  validation.check_shape(input_scale, (), 'input_scale')
+  validation.check_shape(output_scale, (), 'output_scale')
   return bits
 
 
@@ -137,7 +137,7 @@ def n2uq_activation_codes(x, offset, intervals, input_scale, *, bits) -> jax.Arr
   """
   bits = _check_arguments(x, offset, intervals, input_scale,
                           jnp.ones((), jnp.result_type(input_scale)), bits)
-  dtype = _validation.compute_dtype(x, offset, intervals, input_scale)
+  dtype = validation.compute_dtype(x, offset, intervals, input_scale)
   u = input_scale.astype(dtype) * jnp.asarray(x).astype(dtype)
   level_thresholds = thresholds(offset.astype(dtype), intervals.astype(dtype))
   return _level_codes(u, level_thresholds).astype(jnp.int32)
@@ -201,7 +201,7 @@ def _n2uq_activation(bits, x, offset, intervals, input_scale, output_scale):
 
 
 def _forward(bits, x, offset, intervals, input_scale, output_scale):
-  dtype = _validation.compute_dtype(x, offset, intervals, input_scale, output_scale)
+  dtype = validation.compute_dtype(x, offset, intervals, input_scale, output_scale)
   u = input_scale.astype(dtype) * x.astype(dtype)
   codes = _level_codes(u, thresholds(offset.astype(dtype), intervals.astype(dtype)))
   step = output_scale.astype(dtype) * level_spacing(bits)
@@ -224,7 +224,7 @@ def _backward(bits, residuals, upstream):
     d beta2   = Delta * sum g * k
   """
   x, offset, intervals, input_scale, output_scale = residuals
-  dtype = _validation.compute_dtype(x, offset, intervals, input_scale, output_scale)
+  dtype = validation.compute_dtype(x, offset, intervals, input_scale, output_scale)
   s, a, beta1, beta2 = (p.astype(dtype) for p in (offset, intervals, input_scale, output_scale))
   xf = x.astype(dtype)
   g = upstream.astype(dtype)

@@ -21,7 +21,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from n2uq_jax.quant import _validation
+from n2uq_jax.quant import validation
 
 _sg = jax.lax.stop_gradient
 
@@ -32,9 +32,9 @@ def _straight_through(value, surrogate):
 
 
 def _as_compute(x, name='x', *params):
-  _validation.check_floating(x, name)
+  validation.check_floating(x, name)
   x = jnp.asarray(x)
-  dtype = _validation.compute_dtype(x, *params)
+  dtype = validation.compute_dtype(x, *params)
   return x, x.astype(dtype), dtype
 
 
@@ -55,7 +55,7 @@ def dorefa_activation(x, *, bits) -> jax.Array:
   Returns:
     Array like ``x`` on the levels ``{0, 1/K, ..., 1}``.
   """
-  bits = _validation.check_bits(bits)
+  bits = validation.check_bits(bits)
   x, xf, _ = _as_compute(x)
   inside = (xf >= 0) & (xf <= 1)
   levels = 2 ** bits - 1
@@ -75,7 +75,7 @@ def dorefa_weight(w, *, bits) -> jax.Array:
   Returns:
     Array like ``w`` on ``2**bits`` levels in ``[-1, 1]`` (``bits >= 2``).
   """
-  bits = _validation.check_bits(bits)
+  bits = validation.check_bits(bits)
   w, wf, _ = _as_compute(w, 'w')
   if bits == 1:
     value = jnp.mean(jnp.abs(wf)) * jnp.where(wf >= 0, 1.0, -1.0).astype(wf.dtype)
@@ -97,8 +97,8 @@ def pact_activation(x, alpha, *, bits) -> jax.Array:
     alpha: ``()`` learned clipping level (positive).
     bits: bit-width in 1..8.
   """
-  bits = _validation.check_bits(bits)
-  _validation.check_shape(alpha, (), 'alpha')
+  bits = validation.check_bits(bits)
+  validation.check_shape(alpha, (), 'alpha')
   x, xf, dtype = _as_compute(x, 'x', alpha)
   alpha = jnp.asarray(alpha).astype(dtype)
   levels = 2 ** bits - 1
@@ -116,8 +116,8 @@ def pact_activation_n2uq_mbv2(x, alpha, *, bits) -> jax.Array:
   ``dy/dalpha = round(x_c * K / alpha) / K + [x >= alpha]`` (2 for clipped
   elements) and ``dy/dx = 1`` on ``0 < x < alpha`` only.
   """
-  bits = _validation.check_bits(bits)
-  _validation.check_shape(alpha, (), 'alpha')
+  bits = validation.check_bits(bits)
+  validation.check_shape(alpha, (), 'alpha')
   x, xf, dtype = _as_compute(x, 'x', alpha)
   alpha = jnp.asarray(alpha).astype(dtype)
   levels = 2 ** bits - 1
@@ -131,7 +131,7 @@ def pact_activation_n2uq_mbv2(x, alpha, *, bits) -> jax.Array:
 
 def lsq_levels(bits: int, *, signed: bool) -> tuple[int, int]:
   """``(Q_n, Q_p)``: ``(-2**(b-1), 2**(b-1) - 1)`` signed, ``(0, 2**b - 1)`` unsigned."""
-  bits = _validation.check_bits(bits)
+  bits = validation.check_bits(bits)
   if signed:
     if bits == 1:
       raise ValueError('signed LSQ needs bits in 2..8 (1 bit leaves Q_p = 0), got 1')
@@ -157,7 +157,7 @@ def lsq_quantize(x, step_size, *, bits, signed, grad_scale=None) -> jax.Array:
       ``1 / sqrt(features_per_example * Q_p)``.
   """
   low, high = lsq_levels(bits, signed=signed)
-  _validation.check_shape(step_size, (), 'step_size')
+  validation.check_shape(step_size, (), 'step_size')
   x, xf, dtype = _as_compute(x, 'x', step_size)
   step = jnp.asarray(step_size).astype(dtype)
   if grad_scale is None:
@@ -178,7 +178,7 @@ def uniform_quantize(x, *, bits, lower=0.0, upper=1.0) -> jax.Array:
   ``step = (upper - lower) / (2**bits - 1)``; ``dy/dx = 1`` on
   ``[lower, upper]`` and 0 outside.
   """
-  bits = _validation.check_bits(bits)
+  bits = validation.check_bits(bits)
   if not upper > lower:
     raise ValueError(f'uniform_quantize needs upper > lower, got lower={lower}, upper={upper}')
   x, xf, _ = _as_compute(x)

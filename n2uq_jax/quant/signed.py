@@ -29,7 +29,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from n2uq_jax.quant import _validation
+from n2uq_jax.quant import validation
 from n2uq_jax.quant.activation import (
     ActivationParams,
     level_spacing,
@@ -69,9 +69,9 @@ def n2uq_activation_signed(x, offset, intervals, input_scale, output_scale, *,
   Raises:
     ValueError: as :func:`n2uq_jax.quant.n2uq_activation`.
   """
-  _validation.check_floating(x, 'x')
+  validation.check_floating(x, 'x')
   x = jnp.asarray(x)
-  dtype = _validation.compute_dtype(x, offset, intervals, input_scale, output_scale)
+  dtype = validation.compute_dtype(x, offset, intervals, input_scale, output_scale)
   unsigned = n2uq_activation(x.astype(dtype), offset, intervals, input_scale, output_scale,
                              bits=bits)
   return (unsigned - jnp.asarray(output_scale).astype(dtype)).astype(x.dtype)

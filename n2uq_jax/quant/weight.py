@@ -23,23 +23,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from n2uq_jax.quant import _validation
+from n2uq_jax.quant import validation
 
 
 def entropy_preserving_gamma(bits: int) -> float:
   """``gamma = (2**bits - 1) / 2**(bits - 1)``: 1.5, 1.75, 1.875 for 2, 3, 4 bits."""
-  bits = _validation.check_bits(bits)
+  bits = validation.check_bits(bits)
   return (2 ** bits - 1) / 2 ** (bits - 1)
 
 
 def _reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
-  axis = _validation.channel_axis_index(ndim, channel_axis)
+  axis = validation.channel_axis_index(ndim, channel_axis)
   return tuple(i for i in range(ndim) if i != axis)
 
 
 def _prepare(w, bits, channel_axis):
-  bits = _validation.check_bits(bits)
-  _validation.check_floating(w, 'w')
+  bits = validation.check_bits(bits)
+  validation.check_floating(w, 'w')
   w = jnp.asarray(w)
   if w.ndim == 0:
     raise ValueError('w must have at least one axis (the channel axis), got a scalar')
@@ -48,7 +48,7 @@ def _prepare(w, bits, channel_axis):
 
 def _scale_and_codes(w, bits, reduce_axes):
   """``(sigma, q)`` in the compute dtype; ``sigma`` keeps the reduced axes as size 1."""
-  dtype = _validation.compute_dtype(w)
+  dtype = validation.compute_dtype(w)
   wf = w.astype(dtype)
   levels = 2 ** bits - 1
   scale = entropy_preserving_gamma(bits) * jnp.mean(jnp.abs(wf), axis=reduce_axes,

@@ -7,15 +7,16 @@ import dataclasses
 import re
 from typing import Collection
 
-from n2uq_jax.quant import _validation
+from n2uq_jax import quant
 
-ACTIVATION_METHODS = ('n2uq', 'n2uq_signed', 'dorefa', 'lsq', 'pact', 'uniform', 'none')
+ACTIVATION_METHODS = tuple(quant.ACTIVATION_FAMILIES)
 """Activation quantizers: N2UQ (SPEC 2), its signed extension
-(:func:`n2uq_jax.quant.n2uq_activation_signed`), the baselines, or none."""
+(:func:`n2uq_jax.quant.n2uq_activation_signed`), the baselines, or none: the families of
+:data:`n2uq_jax.quant.ACTIVATION_FAMILIES`."""
 
-WEIGHT_METHODS = ('n2uq', 'dorefa', 'lsq', 'none')
+WEIGHT_METHODS = tuple(quant.WEIGHT_FAMILIES)
 """Weight quantizers: N2UQ entropy-preserving per output channel (SPEC 3),
-DoReFa per tensor, signed LSQ with a learned step, or none."""
+DoReFa per tensor, signed LSQ with a learned step, or none (:data:`n2uq_jax.quant.WEIGHT_FAMILIES`)."""
 
 OP_NAMES = ('dot_general', 'conv_general_dilated', 'einsum')
 """The ops a rule can name. ``jnp.dot`` and ``jnp.matmul`` count as ``dot_general``."""
@@ -51,8 +52,8 @@ class N2UQRule:
       re.compile(self.module_path)
     except re.error as e:
       raise ValueError(f'module_path {self.module_path!r} is not a valid regex: {e}') from None
-    _validation.check_bits(self.weight_bits)
-    _validation.check_bits(self.act_bits)
+    quant.check_bits(self.weight_bits)
+    quant.check_bits(self.act_bits)
     if self.act_method not in ACTIVATION_METHODS:
       raise ValueError(f'act_method must be one of {ACTIVATION_METHODS}, '
                        f'got {self.act_method!r}')

@@ -1,5 +1,6 @@
-"""Checkpoints with orbax: the latest few, the best by validation accuracy, the data
-iterator state, and model-only restores for teachers and initialisations.
+"""Checkpoints of a training run with orbax: the latest few, the best by validation
+accuracy, the data iterator state. Reading them back without training (resolving a
+path, model-only restores, the manifests) is :mod:`n2uq_jax.runs.checkpoints`.
 
 Layout of a run's workdir::
 
@@ -27,91 +28,23 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import json
 import os
-import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+from n2uq_jax.runs import checkpoints as run_checkpoints
+from n2uq_jax.runs.checkpoints import MANIFEST  # pylint: disable=unused-import
+from n2uq_jax.runs.restore import abstract  # pylint: disable=unused-import
 from n2uq_jax.train import distributed
-
-MANIFEST = 'sha256.json'
-"""Name of the integrity manifest inside a committed step directory."""
-
 
 class CheckpointSaveError(RuntimeError):
   """A checkpoint could not be written (older checkpoints are left untouched)."""
-
-
-def _warn(message: str) -> None:
-  logging.warning(message)
-  if jax.process_index() == 0:
-    print(f'warning: {message}', file=sys.stderr, flush=True)
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for block in iter(lambda: f.read(1 << 20), b''):
-      digest.update(block)
-  return digest.hexdigest()
-
-
-def _files(step_dir: str) -> list[str]:
-  """Every file under ``step_dir`` (relative, sorted), the manifest excluded."""
-  found = []
-  for root, _, names in os.walk(step_dir):
-    for name in names:
-      relative = os.path.relpath(os.path.join(root, name), step_dir)
-      if relative != MANIFEST:
-        found.append(relative)
-  return sorted(found)
-
-
-def write_manifest(step_dir: str) -> None:
-  """Writes ``step_dir/sha256.json`` (``{file: [size, sha256]}``) atomically."""
-  entries = {name: [os.path.getsize(os.path.join(step_dir, name)),
-                    _sha256(os.path.join(step_dir, name))] for name in _files(step_dir)}
-  temporary = os.path.join(step_dir, MANIFEST + '.tmp')
-  with open(temporary, 'w', encoding='utf-8') as f:
-    json.dump(entries, f, indent=0, sort_keys=True)
-  os.replace(temporary, os.path.join(step_dir, MANIFEST))
-
-
-def verify_manifest(step_dir: str) -> str | None:
-  """``None`` if every file of ``step_dir`` matches its manifest (or there is none),
-  else what is wrong, naming the file."""
-  path = os.path.join(step_dir, MANIFEST)
-  if not os.path.exists(path):
-    return None
-  try:
-    with open(path, encoding='utf-8') as f:
-      entries = json.load(f)
-  except (OSError, ValueError) as error:
-    return f'{path}: unreadable manifest ({error})'
-  for name, (size, digest) in sorted(entries.items()):
-    file = os.path.join(step_dir, name)
-    if not os.path.exists(file):
-      return f'{file}: missing'
-    if os.path.getsize(file) != size:
-      return f'{file}: {os.path.getsize(file)} bytes, {size} when written (truncated?)'
-    if _sha256(file) != digest:
-      return f'{file}: content changed since it was written (SHA-256 mismatch)'
-  return None
-
-
-def _step_dir(manager: ocp.CheckpointManager, step: int) -> str:
-  return os.path.join(str(manager.directory), str(step))
-
-
-def _sync(name: str) -> None:
-  distributed.barrier(name)
 
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
@@ -120,7 +53,7 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   Returns:
     Where it went: ``<manager dir>.corrupt/<step>`` (``-<time>`` added if taken).
   """
-  source = _step_dir(manager, step)
+  source = run_checkpoints.step_dir(manager.directory, step)
   target_root = str(manager.directory).rstrip('/') + '.corrupt'
   target = os.path.join(target_root, str(step))
   if os.path.exists(target):
@@ -128,44 +61,10 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> str:
   if jax.process_index() == 0:
     os.makedirs(target_root, exist_ok=True)
     os.replace(source, target)
-  _sync(f'n2uq_quarantine_{step}')
+  # Every process reloads the manager's step list only after process 0 has moved it.
+  distributed.barrier(f'n2uq_quarantine_{step}')
   manager.reload()
   return target
-
-
-def restore_newest_good(manager: ocp.CheckpointManager, restore_fn: Callable[[int], Any], *,
-                        what: str, quarantine: bool) -> tuple[Any, int] | None:
-  """``(restore_fn(step), step)`` for the newest step whose manifest checks and whose
-  restore succeeds; ``None`` if the manager holds no checkpoint.
-
-  Each bad step gets a warning naming the step and the file. With ``quarantine`` the
-  bad steps newer than the good one are moved aside (so that the run can write those
-  steps again); without, they are left in place.
-
-  Raises:
-    ValueError: there are checkpoints, but none restores (nothing was moved).
-  """
-  steps = sorted(manager.all_steps() or [], reverse=True)
-  if not steps:
-    return None
-  problems = []
-  for step in steps:
-    problem = verify_manifest(_step_dir(manager, step))
-    if problem is None:
-      try:
-        result = restore_fn(step)
-      except Exception as error:  # pylint: disable=broad-except
-        problem = f'{_step_dir(manager, step)}: {type(error).__name__}: {error}'
-    if problem is None:
-      for bad_step, bad in problems:
-        moved = _quarantine(manager, bad_step) if quarantine else None
-        _warn(f'{what} checkpoint step {bad_step} is corrupt ({bad}); '
-              + (f'moved it to {moved}, ' if moved else '') + f'using step {step} instead')
-      return result, step
-    problems.append((step, problem))
-  raise ValueError(f'no {what} checkpoint in {manager.directory} restores: ' + '; '.join(
-      f'step {step} is corrupt ({problem})' for step, problem in problems) + '. Nothing was '
-      'moved or deleted')
 
 
 class IteratorStateHandler(ocp.CheckpointHandler):
@@ -225,14 +124,6 @@ class IteratorStateRestore(ocp.args.CheckpointArgs):
   pass
 
 
-def abstract(tree: Any, shardings: Any = None) -> Any:
-  """ShapeDtypeStructs of ``tree`` (with ``shardings``, a matching tree, if given)."""
-  if shardings is None:
-    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                      tree, shardings)
-
-
 class Checkpointer:
   """The two managers of one run (see the module docstring).
 
@@ -277,8 +168,8 @@ class Checkpointer:
     self._unhashed = [(m, s) for m, s in self._unhashed if m is not manager]
     if jax.process_index() == 0:
       for _, step in pending:
-        if os.path.isdir(_step_dir(manager, step)):  # not rotated away meanwhile
-          write_manifest(_step_dir(manager, step))
+        if os.path.isdir(run_checkpoints.step_dir(manager.directory, step)):  # not rotated away meanwhile
+          run_checkpoints.write_manifest(run_checkpoints.step_dir(manager.directory, step))
 
   def _save(self, manager: ocp.CheckpointManager, step: int, args, **kwargs) -> None:
     # One save in flight at a time, across both managers: with several processes,
@@ -332,7 +223,9 @@ class Checkpointer:
     if step is not None:
       return (*restore_step(step), step)
     try:
-      found = restore_newest_good(self.latest, restore_step, what='training', quarantine=True)
+      found = run_checkpoints.restore_newest_good(
+          self.latest, restore_step, what='training',
+          quarantine=lambda step: _quarantine(self.latest, step))
     except ValueError as error:
       raise ValueError(f'{error}; move the bad steps away (or start a new workdir) to '
                        'train from scratch') from error
@@ -349,10 +242,10 @@ class Checkpointer:
       return None
     if not self._best_checked:
       self._best_checked = True
-      problem = verify_manifest(_step_dir(self.best, step))
+      problem = run_checkpoints.verify_manifest(run_checkpoints.step_dir(self.best.directory, step))
       if problem is not None:
         moved = _quarantine(self.best, step)
-        _warn(f'best checkpoint step {step} is corrupt ({problem}); moved it to {moved}; '
+        run_checkpoints.warn(f'best checkpoint step {step} is corrupt ({problem}); moved it to {moved}; '
               'the next evaluation writes a new best')
         return self._saved_best_accuracy()
     metrics = self.best.metrics(step)
@@ -389,104 +282,3 @@ class Checkpointer:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
-
-
-def resolve_model_checkpoint(path: str) -> tuple[str, int]:
-  """The manager directory and step holding the model to restore from ``path``.
-
-  ``path`` may be a run's workdir (its ``best/`` checkpoint if any, else the latest
-  of ``checkpoints/``), a manager directory (its latest step), or a manager directory
-  followed by ``@<step>``.
-
-  Raises:
-    ValueError: no checkpoint at ``path``.
-  """
-  step = None
-  if '@' in os.path.basename(path):
-    path, _, step_text = path.rpartition('@')
-    step = int(step_text)
-  for directory in _model_candidates(path):
-    if not os.path.isdir(directory):
-      continue
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-    steps = manager.all_steps()
-    manager.close()
-    if not steps:
-      continue
-    if step is None:
-      return directory, max(steps)
-    if step in steps:
-      return directory, step
-  raise ValueError(f'no checkpoint found at {os.path.abspath(path)!r}' + (f' for step {step}' if step else '') +
-                   ': give a run directory (with best/ or checkpoints/), a checkpoint manager '
-                   'directory, or DIR@STEP')
-
-
-def _model_candidates(path: str) -> list[str]:
-  path = os.path.abspath(os.path.expanduser(path))
-  return [os.path.join(path, 'best'), os.path.join(path, 'checkpoints'), path]
-
-
-def restore_model(path: str, abstract_params, abstract_model_state) -> tuple[Any, Any, str]:
-  """``(params, model_state, description)`` restored from the ``model`` item of the
-  checkpoint at ``path`` (see :func:`resolve_model_checkpoint`).
-
-  Without ``@STEP``, a corrupt checkpoint (see the module docstring) is reported and
-  the next candidate is used: older steps of the same directory, then ``checkpoints/``
-  after ``best/``. Nothing is moved or deleted (the run may belong to someone else).
-
-  Raises:
-    ValueError: no checkpoint at ``path``, or none of them restores (naming the files).
-  """
-  def restore_from(manager):
-    def restore_step(step):
-      restored = manager.restore(step, args=ocp.args.Composite(model=ocp.args.StandardRestore(
-          {'params': abstract_params, 'model_state': abstract_model_state})))
-      return restored['model']
-    return restore_step
-
-  if '@' in os.path.basename(path):
-    directory, step = resolve_model_checkpoint(path)
-    problem = verify_manifest(os.path.join(directory, str(step)))
-    if problem is not None:
-      raise ValueError(f'checkpoint {directory}@{step} is corrupt: {problem}')
-    manager = ocp.CheckpointManager(directory,
-                                    options=ocp.CheckpointManagerOptions(create=False))
-    try:
-      model = restore_from(manager)(step)
-    finally:
-      manager.close()
-    return model['params'], model['model_state'], f'{directory}@{step}'
-  resolve_model_checkpoint(path)  # a clear error when there is no checkpoint at all
-  failures = []
-  for directory in _model_candidates(path):
-    if not os.path.isdir(directory):
-      continue
-    manager = ocp.CheckpointManager(directory,
-                                    options=ocp.CheckpointManagerOptions(create=False))
-    try:
-      found = restore_newest_good(manager, restore_from(manager), what='model',
-                                  quarantine=False)
-    except ValueError as error:
-      _warn(f'{error}; trying the next candidate of {path!r}')
-      failures.append(str(error))
-      continue
-    finally:
-      manager.close()
-    if found is not None:
-      model, step = found
-      return model['params'], model['model_state'], f'{directory}@{step}'
-  raise ValueError(f'no checkpoint at {path!r} restores: ' + ' | '.join(failures))
-
-
-def save_model(directory: str, step: int, params, model_state) -> None:
-  """Writes a model-only checkpoint (e.g. a teacher or an imported model) that
-  :func:`restore_model` reads."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=ocp.CheckpointManagerOptions(
-      create=True, enable_async_checkpointing=False))
-  manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(
-      {'params': params, 'model_state': model_state})), force=True)
-  manager.wait_until_finished()
-  if jax.process_index() == 0:
-    write_manifest(_step_dir(manager, step))
-  manager.close()

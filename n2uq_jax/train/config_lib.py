@@ -25,30 +25,16 @@ Each variant trains in its own sub-directory of the workdir, named by
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import re
-from typing import Any
 
 import ml_collections
 
-from n2uq_jax import nn
 from n2uq_jax.interop import checkpoints as interop_checkpoints
-
-METHODS = ('n2uq', 'dorefa', 'lsq', 'pact', 'n2uq_dorefa_weights', 'dorefa_n2uq_weights',
-           'uniform')
-"""Quantization methods of the quantized variants (the paper's method and its baselines)."""
-
-_METHOD_QUANTIZERS = {
-    # method: (activation family, weight family)
-    'n2uq': ('n2uq', 'n2uq'),
-    'dorefa': ('dorefa', 'dorefa'),
-    'lsq': ('lsq', 'lsq'),
-    'pact': ('pact', 'dorefa'),
-    'n2uq_dorefa_weights': ('n2uq', 'dorefa'),
-    'dorefa_n2uq_weights': ('dorefa', 'n2uq'),
-    'uniform': ('uniform', 'n2uq'),
-}
+from n2uq_jax.runs import model as model_lib
+# The variant vocabulary and the config.json comparison belong to the run directory;
+# they are named here too because every config is written in their terms.
+from n2uq_jax.runs.layout import RUNTIME_FIELDS, comparable, differences  # pylint: disable=unused-import
+from n2uq_jax.runs.model import (  # pylint: disable=unused-import
+    METHODS, Variant, model_kwargs, model_name, parse_variant, quant_policy, variants)
 
 OPTIMIZERS = ('adam', 'sgd')
 SCHEDULES = ('epoch_linear', 'linear', 'cosine', 'constant')
@@ -59,36 +45,7 @@ NONFINITE_POLICIES = ('stop', 'skip')
 error naming the step (the parameters stay those of the step before), or ``skip`` it
 (leave the parameters, count it in the metrics as ``nonfinite_steps``)."""
 
-_BITS_TOKEN = re.compile(r'^w([1-8])a([1-8])$')
 FP_DOWNSAMPLE_TOKEN = 'fp_downsample'
-
-RUNTIME_FIELDS = (
-    'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'async_checkpointing',
-    'progress_bar', 'tensorboard', 'compilation_cache_dir', 'distributed', 'eval_every_steps',
-    'nonfinite_policy', 'mesh',
-)
-"""Fields that may change between a run and its resumption: they do not change the
-trained parameters (``mesh``: a run may resume on other devices, to float tolerance).
-Every other field must match the config stored in the workdir."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-  """One model to train: full precision, or quantized with a method at some bits."""
-  weight_bits: int | None  # None: full precision
-  activation_bits: int | None
-  method: str = 'n2uq'
-
-  @property
-  def is_full_precision(self) -> bool:
-    return self.weight_bits is None
-
-  @property
-  def name(self) -> str:
-    if self.is_full_precision:
-      return 'fp'
-    name = f'w{self.weight_bits}a{self.activation_bits}'
-    return name if self.method == 'n2uq' else f'{name}_{self.method}'
 
 
 def parse_arg(arg: str) -> tuple[tuple[str, ...], str, bool]:
@@ -101,7 +58,7 @@ def parse_arg(arg: str) -> tuple[tuple[str, ...], str, bool]:
   tokens = [t.strip().lower() for t in str(arg).split(',') if t.strip()]
   bits, methods, fp_downsample = [], [], False
   for token in tokens:
-    if token == 'fp' or _BITS_TOKEN.match(token):
+    if token == 'fp' or model_lib.BITS_TOKEN.match(token):
       if token in bits:
         raise ValueError(f'config argument {arg!r} names variant {token!r} twice')
       bits.append(token)
@@ -121,49 +78,6 @@ def parse_arg(arg: str) -> tuple[tuple[str, ...], str, bool]:
     raise ValueError(f'config argument {arg!r} names several methods {methods}; give one of '
                      f'{METHODS}')
   return tuple(bits), (methods[0] if methods else 'n2uq'), fp_downsample
-
-
-def parse_variant(token: str, method: str = 'n2uq') -> Variant:
-  """``'fp'`` or ``'w{n}a{m}'`` (with a method) as a :class:`Variant`."""
-  if token == 'fp':
-    return Variant(None, None, method)
-  match = _BITS_TOKEN.match(token)
-  if not match:
-    raise ValueError(f'variant {token!r} must be "fp" or "w{{n}}a{{m}}" with n, m in 1..8')
-  if method not in METHODS:
-    raise ValueError(f'method {method!r} must be one of {METHODS}')
-  return Variant(int(match.group(1)), int(match.group(2)), method)
-
-
-def variants(config) -> tuple[Variant, ...]:
-  """The variants of ``config.variants`` (a comma-separated string), FP first."""
-  tokens = [t.strip() for t in str(config.variants).split(',') if t.strip()]
-  if not tokens:
-    raise ValueError(f'variants={config.variants!r} names no variant (e.g. "fp,w2a2")')
-  result = [parse_variant(t, config.method) for t in tokens]
-  return tuple(sorted(result, key=lambda v: not v.is_full_precision))
-
-
-def quant_policy(variant: Variant) -> nn.QuantPolicy:
-  """The quantizer policy of a variant: the same spec for every quantized layer."""
-  if variant.is_full_precision:
-    return nn.QuantPolicy.full_precision()
-  activation, weight = _METHOD_QUANTIZERS[variant.method]
-  return nn.QuantPolicy(default=nn.QuantSpec(
-      activation=activation, weight=weight, activation_bits=variant.activation_bits,
-      weight_bits=variant.weight_bits))
-
-
-def model_name(config, variant: Variant) -> str:
-  """The registry name of the variant's model: ``fp_model`` for FP, else ``model``."""
-  return config.fp_model if variant.is_full_precision else config.model
-
-
-def model_kwargs(config, variant: Variant) -> dict[str, Any]:
-  """Extra model arguments: ``config.model_kwargs`` for the quantized model only."""
-  if variant.is_full_precision:
-    return dict(config.get('fp_model_kwargs', {}) or {})
-  return dict(config.model_kwargs or {})
 
 
 def variant_config(config: ml_collections.ConfigDict, variant: Variant,
@@ -399,24 +313,3 @@ def validate(config) -> None:
       raise ValueError(f'distributed.{field}={value!r} must be a positive integer (seconds)')
   if config.mesh.fsdp < 1:
     raise ValueError(f'mesh.fsdp={config.mesh.fsdp!r} must be >= 1')
-
-
-def comparable(config) -> dict[str, Any]:
-  """The config as a JSON-able dict without :data:`RUNTIME_FIELDS`."""
-  d = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') \
-      else dict(config)
-  for field in RUNTIME_FIELDS:
-    d.pop(field, None)
-  return d
-
-
-def differences(stored: dict[str, Any], current: dict[str, Any], prefix='') -> list[str]:
-  """Dotted names of the fields whose values differ between two config dicts."""
-  out = []
-  for key in sorted(set(stored) | set(current)):
-    a, b = stored.get(key, '<missing>'), current.get(key, '<missing>')
-    if isinstance(a, dict) and isinstance(b, dict):
-      out.extend(differences(a, b, f'{prefix}{key}.'))
-    elif a != b:
-      out.append(f'{prefix}{key}: {a!r} (workdir) != {b!r} (now)')
-  return out

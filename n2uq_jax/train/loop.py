@@ -5,35 +5,40 @@ Resuming: a run directory keeps ``config.json``. Starting again on the same dire
 resumes from the latest checkpoint in ``checkpoints/`` (parameters, optimizer, step and
 data-iterator state, so the continuation is bit-identical to an uninterrupted run on
 the same devices). A config that differs from ``config.json`` in any field other than
-:data:`n2uq_jax.train.config_lib.RUNTIME_FIELDS` is refused with a ``ValueError`` that
-lists the differences: a workdir is never silently overwritten.
+:data:`n2uq_jax.runs.layout.RUNTIME_FIELDS` is refused with a ``ValueError`` that lists
+the differences: a run is never silently overwritten. A ``config.json`` without any
+checkpoint (a start that failed) is replaced.
+
+The pieces, in the order :func:`train_and_evaluate` runs them: the checks and the
+state (:mod:`n2uq_jax.train.setup`), the compiled steps (:func:`compile_steps`), the
+steps themselves with their bookkeeping (:class:`Session`, :class:`StepLog`), and
+:func:`evaluate`.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
 import os
+import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 
-from n2uq_jax import models, nn
-from n2uq_jax.interop import checkpoints as interop_checkpoints
+from n2uq_jax.runs import model as model_lib
 from n2uq_jax.train import checkpoint as checkpoint_lib
-from n2uq_jax.train import config_lib, metrics as metrics_lib, optimizer as optimizer_lib
-from n2uq_jax.train import distributed, preemption, sharding, step as step_lib
+from n2uq_jax.train import config_lib, distributed, metrics as metrics_lib, preemption
+from n2uq_jax.train import setup as setup_lib
+from n2uq_jax.train import sharding, step as step_lib
 
+say = setup_lib.say
 
-def _say(message: str) -> None:
-  """Progress messages for the person at the terminal (process 0 only)."""
-  logging.info(message)
-  if jax.process_index() == 0:
-    print(message, flush=True)
+SLOW_PHASE_SECONDS = 5.0
+"""A compile or an evaluation still running after this long is announced on the console."""
 
 
 def initialize_distributed(config) -> None:
@@ -52,91 +57,307 @@ def configure_compilation_cache(directory: str) -> None:
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
-def _check_workdir_config(workdir: str, config) -> None:
-  path = os.path.join(workdir, 'config.json')
-  current = config_lib.comparable(config)
-  if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      stored = json.load(f)
-    diffs = config_lib.differences(stored, current)
-    if diffs:
-      raise ValueError(
-          f'workdir {workdir!r} holds a run with a different config; refusing to overwrite '
-          'it. Differences: ' + '; '.join(diffs) + '. To train a finished run further (more '
-          'steps or epochs change its schedule), start a new workdir from it: '
-          f'--workdir=NEW_DIR --config.init_checkpoint={workdir} (its best checkpoint, '
-          'quantizer parameters included; DIR@STEP for another step). Or use another '
-          '--workdir, or delete this one to start over.')
-  elif jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w', encoding='utf-8') as f:
-      json.dump(current, f, indent=2, sort_keys=True)
+@contextlib.contextmanager
+def announce_if_slow(what: str):
+  """Says ``what`` once it has run :data:`SLOW_PHASE_SECONDS`, and then how long it took,
+  so that a long compile or evaluation is not a silent pause."""
+  start = time.perf_counter()
+  timer = threading.Timer(SLOW_PHASE_SECONDS, lambda: say(f'{what} ...'))
+  timer.daemon = True
+  timer.start()
+  try:
+    yield
+  finally:
+    timer.cancel()
+    if time.perf_counter() - start >= SLOW_PHASE_SECONDS:
+      say(f'{what}: done in {time.perf_counter() - start:.1f} s')
 
 
-def build_model(name: str, variant: config_lib.Variant | None, *, num_classes: int,
-                in_channels: int, seed: int, compute_dtype=None, kwargs=None) -> nnx.Module:
-  """A registry model; ``variant`` None builds it at full precision."""
-  policy = config_lib.quant_policy(variant) if variant is not None else (
-      nn.QuantPolicy.full_precision())
-  return models.create_model(name, num_classes=num_classes, policy=policy,
-                             rngs=nnx.Rngs(seed), dtype=compute_dtype,
-                             in_channels=in_channels, **(kwargs or {}))
+@dataclasses.dataclass(frozen=True)
+class Steps:
+  """The jitted steps of one run."""
+  train: distributed.SyncedJit
+  eval: distributed.SyncedJit
+  quantizer_stats: distributed.SyncedJit
 
 
-def _source_run_model(path: str) -> tuple[str, config_lib.Variant, dict[str, Any]] | None:
-  """``(model name, variant, model kwargs)`` of the run that wrote the checkpoint at
-  ``path`` (a run directory, its ``best``/``checkpoints`` manager, either with
-  ``@STEP``), read from the run's ``config.json``; None when there is none (a bare
-  model checkpoint, which then holds a full-precision model)."""
-  directory = os.path.abspath(os.path.expanduser(path.rpartition('@')[0] if '@' in
-                                                 os.path.basename(path) else path))
-  for run_dir in (directory, os.path.dirname(directory)):
-    config_path = os.path.join(run_dir, 'config.json')
-    if os.path.isfile(config_path):
-      with open(config_path, encoding='utf-8') as f:
-        stored = json.load(f)
-      variant = config_lib.parse_variant(stored['variants'], stored['method'])
-      kwargs = stored.get('fp_model_kwargs' if variant.is_full_precision else 'model_kwargs')
-      name = stored['fp_model'] if variant.is_full_precision else stored['model']
-      return name, variant, dict(kwargs or {})
-  return None
+def compile_steps(config, setup: setup_lib.TrainSetup, teacher_def, mesh) -> Steps:
+  """The train, evaluation and quantizer-statistics steps (compiled on first use).
 
-
-def _restore_fp_model(path: str, name: str, *, num_classes: int, in_channels: int,
-                      compute_dtype, mesh) -> tuple[step_lib.ModelDef, Any, Any, str]:
-  """The model of a checkpoint: for ``torchvision:PATH`` / ``n2uq-official:PATH`` the
-  PyTorch model of ``name``'s architecture (``n2uq_jax.interop.checkpoints``); else
-  built as its run's ``config.json`` describes it (so a quantized run restores with
-  its quantizer parameters), else as the full-precision ``name``."""
+  Each is a :class:`~n2uq_jax.train.distributed.SyncedJit`: with several processes,
+  every process compiles before any runs, so a slow compile on one host does not make
+  the first collective of the others time out.
+  """
   replicated = sharding.replicated(mesh)
-  if interop_checkpoints.parse(path) is not None:
-    if in_channels != 3:
-      raise ValueError(f'{path!r} holds a model of RGB images, but the data has {in_channels} '
-                       'channels')
-    model = interop_checkpoints.load(path, model_name=name, num_classes=num_classes,
-                                     dtype=compute_dtype)
-    model_def, params, model_state = step_lib.split_model(model)
-    params, model_state = jax.device_put((params, model_state), replicated)
-    return model_def, params, model_state, path
-  variant, kwargs = None, {}
-  source = _source_run_model(path)
-  if source is not None and not source[1].is_full_precision:
-    name, variant, kwargs = source
-  # Abstract: the restore provides every value, so nothing is initialised.
-  model = nnx.eval_shape(lambda: build_model(name, variant, num_classes=num_classes,
-                                             in_channels=in_channels, seed=0,
-                                             compute_dtype=compute_dtype, kwargs=kwargs))
-  model_def, params, model_state = step_lib.split_model(model)
-  abstract = lambda tree: checkpoint_lib.abstract(tree, jax.tree.map(lambda _: replicated, tree))
-  params, model_state, where = checkpoint_lib.restore_model(path, abstract(params),
-                                                            abstract(model_state))
-  return model_def, params, model_state, where
+  train_step = jax.jit(
+      step_lib.make_train_step(setup.model_def, setup.tx, setup.schedule, loss=config.loss,
+                               label_smoothing=config.label_smoothing,
+                               kd_temperature=config.kd_temperature, teacher_def=teacher_def),
+      out_shardings=(setup.state_shardings, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(step_lib.make_eval_step(setup.model_def), out_shardings=replicated)
+  stats = jax.jit(step_lib.make_quantizer_stats_fn(setup.model_def), out_shardings=replicated)
+  return Steps(distributed.SyncedJit(train_step, 'train_step'),
+               distributed.SyncedJit(eval_step, 'eval_step'),
+               distributed.SyncedJit(stats, 'quantizer_stats'))
 
 
-def _pipeline_for(config, mesh):
-  from n2uq_jax import data  # pylint: disable=g-import-not-at-top
-  per_host = config.global_batch_size // jax.process_count()
-  return data.create_pipeline(config.data, per_host_batch_size=per_host, seed=config.seed)
+def evaluate(steps: Steps, state, pipeline, mesh, *, with_quantizers: bool) -> dict[str, Any]:
+  """``{'eval_accuracy', 'eval_loss'}`` over every evaluation example (padding masked),
+  and with ``with_quantizers`` the N2UQ layers' thresholds and level occupancy on the
+  first batch (``quantizers``, see :func:`n2uq_jax.train.metrics.quantizer_summary`)."""
+  totals = quantizers = None
+  for batch in pipeline.eval_batches():
+    batch = sharding.global_batch(batch, mesh)
+    sums = steps.eval(state.params, state.model_state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    if quantizers is None and with_quantizers:
+      quantizers = steps.quantizer_stats(state.params, state.model_state, batch['image'],
+                                         batch['mask'])
+  totals = jax.device_get(totals)
+  count = max(float(totals['count']), 1.0)
+  record = {'eval_accuracy': float(totals['correct']) / count,
+            'eval_loss': float(totals['loss']) / count}
+  if quantizers is not None:
+    record['quantizers'] = metrics_lib.quantizer_summary(jax.device_get(quantizers))
+  return record
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{seconds:02d}s'
+
+
+class StepLog:
+  """The steps since the last log line: their metrics stay on the device until the
+  line is written (fetching them every step would make the host wait for each step),
+  and their ``finite`` flags are checked there, or before anything is saved.
+
+  Args:
+    label: the variant's name, for messages.
+    stop_on_nonfinite: ``nonfinite_policy == 'stop'``.
+    batch_size: the global batch size (for images per second).
+    latest_checkpoint: returns the latest checkpoint step (named in the error).
+  """
+
+  def __init__(self, label: str, *, stop_on_nonfinite: bool, batch_size: int,
+               latest_checkpoint: Callable[[], int | None]):
+    self.label = label
+    self.stop_on_nonfinite = stop_on_nonfinite
+    self.batch_size = batch_size
+    self.latest_checkpoint = latest_checkpoint
+    self.pending: list[tuple[int, Any]] = []
+    self.checked = 0  # entries of `pending` whose `finite` flag has been checked
+    self.nonfinite_steps = 0
+    self.restart_clock()
+
+  def restart_clock(self) -> None:
+    """Starts timing the window anew (after an evaluation or a checkpoint)."""
+    self.window_start, self.window_steps = time.perf_counter(), 0
+
+  def add(self, step: int, metrics) -> None:
+    self.pending.append((step, metrics))
+    self.window_steps += 1
+
+  def check_finite(self) -> None:
+    """Raises DivergenceError (policy 'stop') if a pending step was not finite."""
+    if not self.stop_on_nonfinite or self.checked == len(self.pending):
+      return
+    flags = jax.device_get([m['finite'] for _, m in self.pending[self.checked:]])
+    for (bad_step, _), flag in zip(self.pending[self.checked:], flags):
+      if not flag:
+        raise step_lib.DivergenceError(
+            f'[{self.label}] non-finite loss or gradient at step {bad_step}; the update was '
+            f'not applied and the run stops (latest checkpoint: step '
+            f'{self.latest_checkpoint()}). Lower the learning rate, or set '
+            "--config.nonfinite_policy=skip to skip such steps")
+    self.checked = len(self.pending)
+
+  def close_window(self, step: int) -> dict[str, Any]:
+    """The log record of the window ending at ``step`` (means over the applied steps,
+    images per second, skipped steps); starts the next window."""
+    self.check_finite()
+    values = jax.device_get([m for _, m in self.pending])
+    elapsed = time.perf_counter() - self.window_start
+    record = {'step': step}
+    applied = [v for v in values if v['finite']] or values
+    for key in ('loss', 'accuracy', 'learning_rate'):
+      record[key] = float(np.mean([v[key] for v in applied]))
+    record['images_per_second'] = self.window_steps * self.batch_size / max(elapsed, 1e-9)
+    skipped = sum(not v['finite'] for v in values)
+    if skipped:
+      self.nonfinite_steps += skipped
+      record['nonfinite_steps'] = skipped
+      logging.warning('[%s] skipped %d non-finite step(s) up to step %d', self.label,
+                      skipped, step)
+    self.pending, self.checked = [], 0
+    self.restart_clock()
+    return record
+
+
+class Session:
+  """One session of one run: the steps from ``start_step`` to the end (or a stop), with
+  logging, evaluation, the best checkpoint and the regular checkpoints.
+
+  The loop body (:meth:`train`) runs one step and then the boundaries that fall on it,
+  in this order: the log line, the evaluation, the checkpoint, a stop request.
+  """
+
+  def __init__(self, config, *, label: str, workdir: str, pipeline, mesh, steps: Steps,
+               state, start_step: int, total_steps: int, teacher, with_quantizers: bool,
+               ckpt: checkpoint_lib.Checkpointer, iterator, writer: metrics_lib.MetricsWriter):
+    self.config, self.label, self.workdir = config, label, workdir
+    self.pipeline, self.mesh, self.steps, self.teacher = pipeline, mesh, steps, teacher
+    self.state, self.step, self.start_step = state, start_step, start_step
+    self.total_steps, self.with_quantizers = total_steps, with_quantizers
+    self.ckpt, self.iterator, self.writer = ckpt, iterator, writer
+    self.evaluate_during = config.eval_every_steps >= 0
+    self.eval_every = config.eval_every_steps or pipeline.steps_per_epoch
+    self.best_accuracy = ckpt.best_accuracy()
+    self.last_eval = None
+    self.stopped_by = None
+    self.eval_seconds = 0.0
+    self.loop_start = time.perf_counter()
+    self.log = StepLog(label, stop_on_nonfinite=config.nonfinite_policy == 'stop',
+                       batch_size=config.global_batch_size,
+                       latest_checkpoint=ckpt.latest_step)
+    self.bar = self._progress_bar() if config.progress_bar and jax.process_index() == 0 else None
+    self.postfix = {}
+
+  def _progress_bar(self):
+    # Imported here: tqdm is needed only when a bar is shown (never in tests).
+    from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
+    return tqdm_auto.tqdm(total=self.total_steps, initial=self.start_step, unit='step',
+                          dynamic_ncols=True, desc=self.label, smoothing=0.1)
+
+  def _compile(self, batch):
+    with announce_if_slow(f'[{self.label}] compiling the train step (first step)'):
+      t0 = time.perf_counter()
+      compiled = self.steps.train.compile(self.state, batch, self.teacher)
+      compile_seconds = time.perf_counter() - t0
+    self.writer.write({'step': self.step, 'compile_seconds': round(compile_seconds, 3)})
+    # The clocks start after the compile: it is not training time.
+    self.loop_start = time.perf_counter()
+    self.log.restart_clock()
+    return compiled
+
+  def train(self, stop: preemption.StopRequest, stop_after_step: int | None) -> None:
+    """Runs steps until the end, a stop request, or ``stop_after_step``."""
+    compiled = None
+    while self.step < self.total_steps:
+      batch = sharding.global_batch(next(self.iterator), self.mesh)
+      if compiled is None:
+        compiled = self._compile(batch)
+      self.state, metrics = compiled(self.state, batch, self.teacher)
+      self.step += 1
+      self.log.add(self.step, metrics)
+      if self.bar is not None:
+        self.bar.update(1)
+      self._boundaries()
+      if stop.should_stop() and self.step < self.total_steps:
+        self.stopped_by = stop.signal_name or 'a stop request of another process'
+        self.save_checkpoint()
+        return
+      if stop_after_step is not None and stop_after_step <= self.step < self.total_steps:
+        return
+
+  def _due(self, every: int) -> bool:
+    return self.step % every == 0 or self.step == self.total_steps
+
+  def _boundaries(self) -> None:
+    if self._due(self.config.log_every_steps):
+      self._write_log(self.log.close_window(self.step))
+    if self.evaluate_during and self._due(self.eval_every):
+      self.log.check_finite()
+      self.evaluate_and_keep_best()
+      self.log.restart_clock()
+    if self._due(self.config.checkpoint_every_steps):
+      self.save_checkpoint()
+      self.log.restart_clock()
+
+  def _write_log(self, record: dict[str, Any]) -> None:
+    self.writer.write(record)
+    done = self.step - self.start_step
+    train_time = time.perf_counter() - self.loop_start - self.eval_seconds
+    eta = train_time / max(done, 1) * (self.total_steps - self.step)
+    line = (f'[{self.label}] step {self.step}/{self.total_steps}: loss {record["loss"]:.4f}, '
+            f'{record["images_per_second"]:.0f} images/s, ETA {_duration(eta)}')
+    if self.bar is None:
+      say(line)
+    else:  # the bar shows the same numbers
+      logging.info(line)
+      self.postfix.update(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
+                          img_s=f'{record["images_per_second"]:.0f}')
+      self.bar.set_postfix(self.postfix)
+
+  def save_checkpoint(self) -> None:
+    # Only steps known to be finite are saved: a checkpoint of a diverged step would
+    # be resumed from.
+    self.log.check_finite()
+    if self.ckpt.latest_step() != self.step:
+      self.ckpt.save(self.step, self.state, self.iterator.get_state())
+
+  def evaluate_and_keep_best(self) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    with announce_if_slow(f'[{self.label}] evaluating at step {self.step}'):
+      record = {'step': self.step, **evaluate(self.steps, self.state, self.pipeline, self.mesh,
+                                              with_quantizers=self.with_quantizers)}
+    self.writer.write(record)
+    accuracy = record['eval_accuracy']
+    if self.best_accuracy is None or accuracy > self.best_accuracy:
+      if self.ckpt.save_best(self.step, self.state, accuracy):
+        self.best_accuracy = accuracy
+    self.eval_seconds += time.perf_counter() - t0
+    self.last_eval = record
+    message = f'[{self.label}] step {self.step}: eval accuracy {accuracy:.4f}'
+    if self.bar is None:
+      say(message)
+    else:
+      logging.info(message)
+      self.postfix['eval_acc'] = f'{accuracy:.4f}'
+      self.bar.set_postfix(self.postfix)
+    return record
+
+  def finish(self) -> float:
+    """The final evaluation (unless stopped or just evaluated); waits for the saves in
+    flight. Returns the training seconds of this session (compile and evaluations
+    excluded)."""
+    train_seconds = time.perf_counter() - self.loop_start - self.eval_seconds
+    if self.stopped_by is None and self.evaluate_during and (
+        self.last_eval is None or self.last_eval['step'] != self.step):
+      self.evaluate_and_keep_best()
+    # The checkpoint of a stop must have committed before the process exits.
+    self.ckpt.wait()
+    if self.stopped_by is not None:
+      say(f'[{self.label}] stopped by {self.stopped_by} after step {self.step} of '
+          f'{self.total_steps}; checkpoint {self.step} saved in '
+          f'{os.path.join(self.workdir, "checkpoints")}. Run the same command again to resume')
+    return train_seconds
+
+  def summary(self, *, model_name: str, train_seconds: float) -> dict[str, Any]:
+    """The record that ends the session in ``metrics.jsonl`` (see :func:`train_and_evaluate`)."""
+    last = self.last_eval or {}
+    return {
+        'summary': True, 'variant': self.label, 'model': model_name, 'step': int(self.step),
+        'total_steps': int(self.total_steps),
+        'final_eval_accuracy': last.get('eval_accuracy'), 'final_eval_loss': last.get('eval_loss'),
+        'best_eval_accuracy': self.best_accuracy, 'train_seconds': round(train_seconds, 3),
+        'already_finished': self.start_step >= self.total_steps,
+        'workdir': self.workdir, 'preempted': self.stopped_by,
+        'nonfinite_steps': self.log.nonfinite_steps,
+    }
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    self.ckpt.close()
+    if hasattr(self.iterator, 'close'):
+      self.iterator.close()
+
+
+def _total_steps(config, steps_per_epoch: int) -> int:
+  return (config.num_train_steps if config.num_train_steps > 0
+          else config.num_epochs * steps_per_epoch)
 
 
 def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
@@ -145,7 +366,8 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
 
   Args:
     config: a training config naming exactly one variant (see :func:`run`).
-    workdir: the run directory (created; resumed if it holds a checkpoint).
+    workdir: the run directory (created once every check has passed; resumed if it
+      holds a checkpoint).
     pipeline: an input pipeline with the interface of ``n2uq_jax.data.Pipeline``
       (default: built from ``config.data``).
     mesh: the device mesh (default: all devices, ``config.mesh.fsdp``).
@@ -168,251 +390,55 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
       ``nonfinite_policy='stop'`` (naming the step; no checkpoint is written after it).
     n2uq_jax.train.checkpoint.CheckpointSaveError: a checkpoint could not be written.
   """
-  config_lib.validate(config)
-  run_variants = config_lib.variants(config)
-  if len(run_variants) != 1:
-    raise ValueError(f'train_and_evaluate trains one variant, got variants={config.variants!r}; '
-                     'use run() for several')
-  variant = run_variants[0]
+  variant = setup_lib.check_arguments(config)
   workdir = os.path.abspath(workdir)
   mesh = mesh or sharding.create_mesh(config.mesh.fsdp)
   sharding.check_batch_size(config.global_batch_size, mesh)
-  is_main = jax.process_index() == 0
-  if config.loss == 'kd' and not config.teacher_checkpoint:
-    raise ValueError(
-        "loss='kd' needs teacher_checkpoint: a run directory or checkpoint of "
-        f"teacher_model={config.teacher_model or config.fp_model!r}; set "
-        "--config.teacher_checkpoint=DIR, or --config.loss=ce")
-  _check_workdir_config(workdir, config)
+  write_config = setup_lib.check_workdir(workdir, config)
   if pipeline is None:
-    pipeline = _pipeline_for(config, mesh)
-  steps_per_epoch = pipeline.steps_per_epoch
-  total_steps = (config.num_train_steps if config.num_train_steps > 0
-                 else config.num_epochs * steps_per_epoch)
-  evaluate_during = config.eval_every_steps >= 0
-  eval_every = config.eval_every_steps or steps_per_epoch
-  dtype = step_lib.compute_dtype(config.compute_dtype)
+    pipeline = setup_lib.create_pipeline(config)
+  total_steps = _total_steps(config, pipeline.steps_per_epoch)
   num_classes, in_channels = pipeline.num_classes, pipeline.image_shape[-1]
-
-  name = config_lib.model_name(config, variant)
-  model = build_model(name, variant, num_classes=num_classes, in_channels=in_channels,
-                      seed=config.seed, compute_dtype=dtype,
-                      kwargs=config_lib.model_kwargs(config, variant))
-  if config.init_checkpoint:
-    src_def, src_params, src_state, where = _restore_fp_model(
-        config.init_checkpoint, config.init_model or config.fp_model, num_classes=num_classes,
-        in_channels=in_channels, compute_dtype=dtype, mesh=mesh)
-    copied = models.transfer_params(src_def.merge(src_params, src_state, train=True), model)
-    _say(f'[{variant.name}] initialised {len(copied)} variables of {name} from {where}')
-    if not copied:
-      raise ValueError(f'init_checkpoint={config.init_checkpoint!r} (model '
-                       f'{config.init_model or config.fp_model!r}) shares no variable with '
-                       f'{name!r}; set init_model to the model that wrote the checkpoint')
-
-  teacher_def = teacher = None
-  if config.loss == 'kd':
-    teacher_def, t_params, t_state, where = _restore_fp_model(
-        config.teacher_checkpoint, config.teacher_model or config.fp_model,
-        num_classes=num_classes, in_channels=in_channels, compute_dtype=dtype, mesh=mesh)
-    teacher = {'params': t_params, 'model_state': t_state}
-    _say(f'[{variant.name}] teacher {config.teacher_model or config.fp_model} from {where}')
-
-  labels = optimizer_lib.param_labels(model, quirk_q1=config.quirk_q1, model_name=name)
-  schedule = optimizer_lib.make_schedule(config, steps_per_epoch, total_steps)
-  tx = optimizer_lib.make_optimizer(config, labels, schedule)
-  model_def, params, model_state = step_lib.split_model(model)
-  has_n2uq = any(isinstance(n, nn.N2UQActivation) for _, n in nnx.iter_graph(model))
+  sources = setup_lib.restore_sources(config, num_classes=num_classes,
+                                      in_channels=in_channels, mesh=mesh)
+  name, model = model_lib.build_variant_model(config, variant, num_classes=num_classes,
+                                              in_channels=in_channels)
+  setup_lib.initialize_from(model, name, sources, config, variant.name)
+  if sources.teacher is not None:
+    say(f'[{variant.name}] teacher {config.teacher_model or config.fp_model} from '
+        f'{sources.teacher_where}')
+  setup = setup_lib.create_train_state(config, model, name, mesh=mesh, total_steps=total_steps,
+                                       steps_per_epoch=pipeline.steps_per_epoch)
   del model
-
-  min_size = config.mesh.fsdp_min_size
-  replicated = sharding.replicated(mesh)
-  abstract_state = jax.eval_shape(lambda p, s: step_lib.init_state(p, s, tx), params, model_state)
-  state_shardings = step_lib.TrainState(
-      step=replicated,
-      params=sharding.tree_shardings(abstract_state.params, mesh, min_size=min_size),
-      model_state=sharding.tree_shardings(abstract_state.model_state, mesh, min_size=min_size),
-      opt_state=sharding.tree_shardings(abstract_state.opt_state, mesh, min_size=min_size))
-  state = jax.jit(lambda p, s: step_lib.init_state(p, s, tx),
-                  out_shardings=state_shardings)(params, model_state)
-
+  # Every check has passed: only now does the workdir get its first file.
+  setup_lib.claim_workdir(workdir, config, write_config)
+  steps = compile_steps(config, setup, sources.teacher_def, mesh)
   ckpt = checkpoint_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                      async_save=config.async_checkpointing)
-  it = pipeline.train_iterator()
-  start_step = 0
+  iterator = pipeline.train_iterator()
+  state, start_step = setup.state, 0
   if ckpt.latest_step() is not None:
     state, data_state, start_step = ckpt.restore(
-        checkpoint_lib.abstract(state, state_shardings))
-    it.set_state(data_state)
-    _say(f'[{variant.name}] {workdir} is already finished at step {start_step}'
-         if start_step >= total_steps else
-         f'[{variant.name}] resumed {workdir} from step {start_step}')
-  best_accuracy = ckpt.best_accuracy()
-
-  train_step = jax.jit(
-      step_lib.make_train_step(model_def, tx, schedule, loss=config.loss,
-                               label_smoothing=config.label_smoothing,
-                               kd_temperature=config.kd_temperature, teacher_def=teacher_def),
-      out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-  eval_step = distributed.SyncedJit(
-      jax.jit(step_lib.make_eval_step(model_def), out_shardings=replicated), 'eval_step')
-  stats_fn = distributed.SyncedJit(
-      jax.jit(step_lib.make_quantizer_stats_fn(model_def), out_shardings=replicated),
-      'quantizer_stats')
-
-  writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.tensorboard, enabled=is_main)
-
-  def evaluate(state, step):
-    totals = None
-    quantizers = None
-    for batch in pipeline.eval_batches():
-      batch = sharding.global_batch(batch, mesh)
-      sums = eval_step(state.params, state.model_state, batch)
-      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-      if quantizers is None and has_n2uq:
-        quantizers = stats_fn(state.params, state.model_state, batch['image'], batch['mask'])
-    totals = jax.device_get(totals)
-    count = max(float(totals['count']), 1.0)
-    record = {'step': step, 'eval_accuracy': float(totals['correct']) / count,
-              'eval_loss': float(totals['loss']) / count}
-    if quantizers is not None:
-      record['quantizers'] = metrics_lib.quantizer_summary(jax.device_get(quantizers))
-    writer.write(record)
-    return record
-
-  show_bar = bool(config.progress_bar) and is_main
-  bar = None
-  if show_bar:
-    from tqdm import auto as tqdm_auto  # pylint: disable=g-import-not-at-top
-    bar = tqdm_auto.tqdm(total=total_steps, initial=start_step, unit='step', dynamic_ncols=True,
-                         desc=variant.name, smoothing=0.1)
-  compiled = None
-  pending = []
-  postfix = {}
-  eval_seconds = 0.0
-  loop_start = window_start = time.perf_counter()
-  window_steps = 0
-  last_eval = None
-  step = start_step
-  nonfinite_steps = 0
-  stopped_by = None
-  checked = 0  # entries of `pending` whose `finite` flag has been checked
-
-  def check_finite():
-    """Raises DivergenceError (policy 'stop') if a pending step was not finite."""
-    nonlocal checked
-    if config.nonfinite_policy != 'stop' or checked == len(pending):
-      return
-    flags = jax.device_get([m['finite'] for _, m in pending[checked:]])
-    for (bad_step, _), flag in zip(pending[checked:], flags):
-      if not flag:
-        raise step_lib.DivergenceError(
-            f'[{variant.name}] non-finite loss or gradient at step {bad_step}; the update was '
-            f'not applied and the run stops (latest checkpoint: step '
-            f'{ckpt.latest_step()}). Lower the learning rate, or set '
-            "--config.nonfinite_policy=skip to skip such steps")
-    checked = len(pending)
-
-  def save_checkpoint(state, step):
-    check_finite()
-    if ckpt.latest_step() != step:
-      ckpt.save(step, state, it.get_state())
-
-  def eval_and_keep_best(state, step):
-    nonlocal best_accuracy, eval_seconds
-    t0 = time.perf_counter()
-    record = evaluate(state, step)
-    if best_accuracy is None or record['eval_accuracy'] > best_accuracy:
-      if ckpt.save_best(step, state, record['eval_accuracy']):
-        best_accuracy = record['eval_accuracy']
-    eval_seconds += time.perf_counter() - t0
-    return record
-
+        checkpoint_lib.abstract(state, setup.state_shardings))
+    iterator.set_state(data_state)
+    say(f'[{variant.name}] {workdir} is already finished at step {start_step}'
+        if start_step >= total_steps else
+        f'[{variant.name}] resumed {workdir} from step {start_step}')
+  writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.tensorboard,
+                                     enabled=jax.process_index() == 0)
+  session = Session(config, label=variant.name, workdir=workdir, pipeline=pipeline, mesh=mesh,
+                    steps=steps, state=state, start_step=start_step, total_steps=total_steps,
+                    teacher=sources.teacher, with_quantizers=setup.has_n2uq, ckpt=ckpt,
+                    iterator=iterator, writer=writer)
   stop = preemption.StopRequest(mesh)
   stop.install()
   try:
-    while step < total_steps:
-      batch = sharding.global_batch(next(it), mesh)
-      if compiled is None:
-        t0 = time.perf_counter()
-        compiled = distributed.SyncedJit(train_step, 'train_step').compile(state, batch, teacher)
-        compile_seconds = time.perf_counter() - t0
-        writer.write({'step': step, 'compile_seconds': round(compile_seconds, 3)})
-        loop_start = window_start = time.perf_counter()
-      state, step_metrics = compiled(state, batch, teacher)
-      step += 1
-      pending.append((step, step_metrics))
-      window_steps += 1
-      if bar is not None:
-        bar.update(1)
-      if step % config.log_every_steps == 0 or step == total_steps:
-        check_finite()
-        values = jax.device_get([m for _, m in pending])
-        elapsed = time.perf_counter() - window_start
-        record = {'step': step}
-        applied = [v for v in values if v['finite']] or values
-        for key in ('loss', 'accuracy', 'learning_rate'):
-          record[key] = float(np.mean([v[key] for v in applied]))
-        record['images_per_second'] = window_steps * config.global_batch_size / max(elapsed, 1e-9)
-        skipped = sum(not v['finite'] for v in values)
-        if skipped:
-          nonfinite_steps += skipped
-          record['nonfinite_steps'] = skipped
-          logging.warning('[%s] skipped %d non-finite step(s) up to step %d', variant.name,
-                          skipped, step)
-        writer.write(record)
-        if bar is not None:
-          postfix.update(loss=f'{record["loss"]:.4f}', acc=f'{record["accuracy"]:.3f}',
-                         img_s=f'{record["images_per_second"]:.0f}')
-          bar.set_postfix(postfix)
-        pending, checked = [], 0
-        window_start, window_steps = time.perf_counter(), 0
-      if evaluate_during and (step % eval_every == 0 or step == total_steps):
-        check_finite()
-        last_eval = eval_and_keep_best(state, step)
-        if bar is not None:
-          postfix['eval_acc'] = f'{last_eval["eval_accuracy"]:.4f}'
-          bar.set_postfix(postfix)
-        window_start, window_steps = time.perf_counter(), 0
-      if step % config.checkpoint_every_steps == 0 or step == total_steps:
-        save_checkpoint(state, step)
-        window_start, window_steps = time.perf_counter(), 0
-      if stop.should_stop() and step < total_steps:
-        stopped_by = stop.signal_name or 'a stop request of another process'
-        save_checkpoint(state, step)
-        break
-      if stop_after_step is not None and step >= stop_after_step and step < total_steps:
-        break
-    train_seconds = time.perf_counter() - loop_start - eval_seconds
-    if stopped_by is None and evaluate_during and (last_eval is None or
-                                                   last_eval['step'] != step):
-      last_eval = eval_and_keep_best(state, step)
-    ckpt.wait()
-    if stopped_by is not None:
-      _say(f'[{variant.name}] stopped by {stopped_by} after step {step} of {total_steps}; '
-           f'checkpoint {step} saved in {os.path.join(workdir, "checkpoints")}. Run the same '
-           'command again to resume')
+    session.train(stop, stop_after_step)
+    train_seconds = session.finish()
   finally:
     stop.uninstall()
-    if bar is not None:
-      bar.close()
-    ckpt.close()
-    if hasattr(it, 'close'):
-      it.close()
-  summary = {
-      'summary': True,
-      'variant': variant.name,
-      'model': name,
-      'step': int(step),
-      'total_steps': int(total_steps),
-      'final_eval_accuracy': last_eval['eval_accuracy'] if last_eval else None,
-      'final_eval_loss': last_eval['eval_loss'] if last_eval else None,
-      'best_eval_accuracy': best_accuracy,
-      'train_seconds': round(train_seconds, 3),
-      'already_finished': start_step >= total_steps,
-      'workdir': workdir,
-      'preempted': stopped_by,
-      'nonfinite_steps': nonfinite_steps,
-  }
+    session.close()
+  summary = session.summary(model_name=name, train_seconds=train_seconds)
   writer.write(summary)
   writer.close()
   return summary

@@ -16,16 +16,7 @@ from typing import Any
 
 import numpy as np
 
-
-def occupancy_entropy(counts) -> float:
-  """Entropy in bits of the level occupancy ``counts / sum(counts)`` (0 if empty).
-  ``bits`` is its maximum, reached when every level is equally used."""
-  counts = np.asarray(counts, np.float64)
-  total = counts.sum()
-  if total <= 0:
-    return 0.0
-  p = counts[counts > 0] / total
-  return float(-(p * np.log2(p)).sum())
+from n2uq_jax.runs.layout import METRICS_FILE, occupancy_entropy, read_metrics  # pylint: disable=unused-import
 
 
 def quantizer_summary(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -68,7 +59,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, *, tensorboard: bool = True, enabled: bool = True):
     self.enabled = enabled
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, METRICS_FILE)
     self._file = None
     self._tb = None
     if not enabled:
@@ -101,9 +92,3 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
-
-
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """Every record of ``<workdir>/metrics.jsonl``."""
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]

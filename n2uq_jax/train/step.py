@@ -9,7 +9,6 @@ for evaluation mode), so the step is a pure function that ``jax.jit`` shards.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -20,6 +19,7 @@ import optax
 from flax import nnx
 
 from n2uq_jax import nn, quant
+from n2uq_jax.runs.model import ModelDef, compute_dtype, split_model  # pylint: disable=unused-import
 from n2uq_jax.train import losses
 
 
@@ -37,26 +37,6 @@ class TrainState:
   params: Any
   model_state: Any
   opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelDef:
-  """Static graph definitions of one model in training and evaluation mode."""
-  train: Any
-  eval: Any
-
-  def merge(self, params, model_state, *, train: bool) -> nnx.Module:
-    return nnx.merge(self.train if train else self.eval, params, model_state)
-
-
-def split_model(model: nnx.Module) -> tuple[ModelDef, dict, dict]:
-  """``(ModelDef, params, model_state)`` of an NNX model; the model is left in
-  training mode."""
-  model.eval()
-  eval_def, _, _ = nnx.split(model, nnx.Param, ...)
-  model.train()
-  train_def, params, rest = nnx.split(model, nnx.Param, ...)
-  return ModelDef(train_def, eval_def), nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
 
 def init_state(params, model_state, tx: optax.GradientTransformation) -> TrainState:
@@ -208,11 +188,6 @@ def make_quantizer_stats_fn(model_def: ModelDef) -> Callable:
     return records
 
   return stats
-
-
-def compute_dtype(name: str):
-  """``'float32'`` -> ``None`` (the models' float32 default), ``'bfloat16'`` -> bf16."""
-  return {'float32': None, 'bfloat16': jnp.bfloat16}[name]
 
 
 jit_donating_state = functools.partial(jax.jit, donate_argnums=(0,))

@@ -17,7 +17,8 @@ from safetensors.numpy import load_file, save_file
 
 from n2uq_jax import data, export
 from n2uq_jax.export import packing
-from n2uq_jax.train import config_lib, load_model, loop, restore
+from n2uq_jax import runs
+from n2uq_jax.train import config_lib, load_model, loop
 
 ort = pytest.importorskip('onnxruntime')
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,7 +50,7 @@ def test_cli_writes_the_export_and_a_size_report(exported):
   with open(os.path.join(out_dir, 'manifest.json')) as f:
     manifest = json.load(f)
   assert manifest['model'] == 'small_cnn' and manifest['source']['step'] == 40
-  assert manifest['source']['checkpoint_sha256'] == restore.restore_run(run_dir).checkpoint_sha256
+  assert manifest['source']['checkpoint_sha256'] == runs.restore_run(run_dir).checkpoint_sha256
   assert [l['name'] for l in manifest['layers']] == ['layer1.0.conv', 'layer1.1.conv']
   # layer1.1's quantizer reads conv -> bn -> RPReLU of layer1.0: folded (SPEC 8)
   assert [l['threshold_rule'] for l in manifest['layers']] == ['float', 'folded_int']

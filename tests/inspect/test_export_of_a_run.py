@@ -12,7 +12,7 @@ from safetensors.numpy import load_file
 
 from n2uq_jax.export import __main__ as export_cli
 from n2uq_jax.inspect import __main__ as inspect_cli
-from n2uq_jax.train import restore
+from n2uq_jax import runs
 
 ORBAX_METADATA_WARNING = 'Metadata file does not exist'
 
@@ -56,7 +56,7 @@ def test_export_files_share_one_mode_and_the_size_says_what_it_counts(default_ru
 def test_load_model_logs_no_orbax_warning(default_run, caplog):
   workdir, _ = default_run
   with caplog.at_level(logging.WARNING):
-    model = restore.load_model(str(workdir / 'w2a2'), step='best')
+    model = runs.load_model(str(workdir / 'w2a2'), step='best')
   assert np.asarray(model.conv1.kernel[...]).shape == (3, 3, 1, 32)
   assert not _orbax_warnings(caplog)
 

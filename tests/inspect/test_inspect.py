@@ -14,7 +14,8 @@ import pytest
 
 from n2uq_jax import data, export
 from n2uq_jax.inspect import __main__ as cli
-from n2uq_jax.train import metrics, restore
+from n2uq_jax import runs as restore
+from n2uq_jax.train import metrics
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 BATCHES, BATCH_SIZE = 3, 64  # the inspection's evaluation batches

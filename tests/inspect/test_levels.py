@@ -25,7 +25,7 @@ def _activation_modules(bits):
       'dorefa': (nn.DoReFaActivation(bits), lambda x: np.round(np.clip(x, 0, 1) * k)),
       'pact': (pact, lambda x: np.round(np.clip(x, 0, 1.7) * k / 1.7)),
       'lsq': (lsq, lambda x: np.round(np.clip(x / step, 0, k))),
-      'uniform': (nn.UniformActivation(bits, upper=2.0),
+      'uniform': (nn.UniformActivation(bits),
                   lambda x: np.round(np.clip(x, 0, 2.0) / (2.0 / k))),
       'n2uq': (n2uq, None),
   }

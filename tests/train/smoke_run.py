@@ -16,7 +16,8 @@ import sys
 
 def main(argv):
   workdir, cache, names = argv[1], argv[2], argv[3:]
-  from n2uq_jax.train import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from n2uq_jax.runs import checkpoints as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from n2uq_jax.runs import model as model_lib  # pylint: disable=g-import-not-at-top
   from n2uq_jax.train import loop, metrics, step as step_lib  # pylint: disable=g-import-not-at-top
   from tests.train.mock_data import MockPipeline  # pylint: disable=g-import-not-at-top
   from tests.train.test_configs import load  # pylint: disable=g-import-not-at-top
@@ -24,7 +25,7 @@ def main(argv):
   loop.configure_compilation_cache(cache)
 
   def write_fp_checkpoint(directory, name):
-    model = loop.build_model(name, None, num_classes=10, in_channels=3, seed=1)
+    model = model_lib.build_model(name, None, num_classes=10, in_channels=3, seed=1)
     _, params, model_state = step_lib.split_model(model)
     checkpoint_lib.save_model(directory, 0, params, model_state)
     return directory

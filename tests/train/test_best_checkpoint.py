@@ -1,6 +1,6 @@
 """``best/`` keeps exactly the best-scoring evaluation's model, survives the
 rotation of ``checkpoints/``, and checkpoint paths (a run directory, a manager
-directory, ``DIR@STEP``) resolve as :func:`resolve_model_checkpoint` documents.
+directory, ``DIR@STEP``) resolve as :func:`n2uq_jax.runs.checkpoints.resolve` documents.
 Run with synchronous and asynchronous saving (where ``save_best`` right after a
 save once read the metrics of a best checkpoint still being written)."""
 
@@ -12,6 +12,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
+from n2uq_jax.runs import checkpoints as run_checkpoints
 from n2uq_jax.train import checkpoint as checkpoint_lib
 from n2uq_jax.train import step as step_lib
 
@@ -31,8 +32,8 @@ def _steps(directory):
 
 def _restored_step(path):
   abstract = checkpoint_lib.abstract(_state(0))
-  params, model_state, description = checkpoint_lib.restore_model(
-      path, abstract.params, abstract.model_state)
+  params, model_state, description = run_checkpoints.restore_model(
+      path, abstract.params, abstract.model_state, select='best')  # as init and teacher
   step = int(np.asarray(params['w'])[0, 0])
   np.testing.assert_array_equal(params['b'], np.arange(2.0) + step)
   np.testing.assert_array_equal(model_state['mean'], -step)
@@ -71,16 +72,16 @@ def test_best_keeps_the_best_evaluation_through_rotation(tmp_path, async_save):
   # A run directory resolves to best/, a manager directory to its latest step.
   best_dir = os.path.join(os.path.abspath(workdir), 'best')
   latest_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  assert checkpoint_lib.resolve_model_checkpoint(workdir) == (best_dir, 3)
-  assert checkpoint_lib.resolve_model_checkpoint(latest_dir) == (latest_dir, 6)
-  assert checkpoint_lib.resolve_model_checkpoint(f'{latest_dir}@5') == (latest_dir, 5)
-  assert checkpoint_lib.resolve_model_checkpoint(f'{best_dir}@3') == (best_dir, 3)
+  assert run_checkpoints.resolve(workdir, 'best') == (best_dir, 3)
+  assert run_checkpoints.resolve(latest_dir) == (latest_dir, 6)
+  assert run_checkpoints.resolve(f'{latest_dir}@5') == (latest_dir, 5)
+  assert run_checkpoints.resolve(f'{best_dir}@3') == (best_dir, 3)
   assert _restored_step(workdir) == (3, f'{best_dir}@3')
   assert _restored_step(f'{latest_dir}@5') == (5, f'{latest_dir}@5')
-  with pytest.raises(ValueError, match='no checkpoint found.*step 4'):
-    checkpoint_lib.resolve_model_checkpoint(f'{latest_dir}@4')     # rotated away
+  with pytest.raises(ValueError, match='no checkpoint at step 4'):
+    run_checkpoints.resolve(f'{latest_dir}@4')     # rotated away
   with pytest.raises(ValueError, match='no checkpoint found'):
-    checkpoint_lib.resolve_model_checkpoint(str(tmp_path / 'missing'))
+    run_checkpoints.resolve(str(tmp_path / 'missing'))
 
 
 def test_run_without_best_resolves_to_latest_checkpoint(tmp_path):
@@ -90,6 +91,6 @@ def test_run_without_best_resolves_to_latest_checkpoint(tmp_path):
     ckpt.save(step, _state(step), None)
   ckpt.close()
   latest_dir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  assert checkpoint_lib.resolve_model_checkpoint(workdir) == (latest_dir, 4)
-  assert checkpoint_lib.resolve_model_checkpoint(f'{latest_dir}@2') == (latest_dir, 2)
+  assert run_checkpoints.resolve(workdir, 'best') == (latest_dir, 4)
+  assert run_checkpoints.resolve(f'{latest_dir}@2') == (latest_dir, 2)
   assert _restored_step(workdir) == (4, f'{latest_dir}@4')

@@ -9,7 +9,8 @@ import pytest
 from flax import nnx
 
 from n2uq_jax import models
-from n2uq_jax.train import config_lib, loop
+from n2uq_jax.runs import model as model_lib
+from n2uq_jax.train import config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_FILES = ('default', 'cifar10_resnet20', 'imagenet_resnet18', 'imagenet_resnet34',
@@ -44,7 +45,7 @@ def test_config_parses_with_every_arg_and_builds_its_models(name):
       built.add(variant.name)
       model_name = config_lib.model_name(config, variant)
       in_channels = 1 if config.data.source == 'embedded' else 3
-      model = nnx.eval_shape(lambda: loop.build_model(
+      model = nnx.eval_shape(lambda: model_lib.build_model(
           model_name, variant, num_classes=10, in_channels=in_channels, seed=0,
           kwargs=config_lib.model_kwargs(config, variant)))
       assert models.count_params(model) > 0

@@ -12,6 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from n2uq_jax.runs import checkpoints as run_checkpoints
+from n2uq_jax.runs import model as model_lib
 from n2uq_jax.train import checkpoint as checkpoint_lib
 from n2uq_jax.train import config_lib, loop, metrics, step as step_lib
 from tests.train.mock_data import MockPipeline
@@ -116,7 +118,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_newest_good_one(
   assert len(final) == len(reference)
   for a, b in zip(final, reference):
     assert np.array_equal(a, b)
-  assert checkpoint_lib.verify_manifest(step_dir) is None
+  assert run_checkpoints.verify_manifest(step_dir) is None
 
 
 def test_no_good_checkpoint_fails_and_moves_nothing(tmp_path, quiet_config, compilation_cache):
@@ -142,19 +144,20 @@ def test_corrupt_best_checkpoint(tmp_path, quiet_config, compilation_cache, capl
 
   # as an initialisation or a teacher: a warning naming the step and file, then the
   # newest good checkpoint of checkpoints/ (nothing of someone else's run is moved)
-  model = loop.build_model('small_cnn', config_lib.parse_variant('w2a2'), num_classes=10,
+  model = model_lib.build_model('small_cnn', config_lib.parse_variant('w2a2'), num_classes=10,
                           in_channels=1, seed=0)
   _, params, model_state = step_lib.split_model(model)
   abstract = lambda tree: checkpoint_lib.abstract(tree)
   with caplog.at_level(logging.WARNING):
-    _, _, where = checkpoint_lib.restore_model(workdir, abstract(params), abstract(model_state))
+    _, _, where = run_checkpoints.restore_model(workdir, abstract(params), abstract(model_state),
+                                               select='best')
   assert where == os.path.join(workdir, 'checkpoints') + '@6'
   warning = ' '.join(r.getMessage() for r in caplog.records)
   assert f'no model checkpoint in {best_dir} restores: step {best_step} is corrupt' in warning
   assert 'SHA-256' in warning and 'trying the next candidate' in warning
   assert os.listdir(best_dir) == [str(best_step)]
   with pytest.raises(ValueError, match='is corrupt.*SHA-256'):
-    checkpoint_lib.restore_model(f'{best_dir}@{best_step}', abstract(params),
+    run_checkpoints.restore_model(f'{best_dir}@{best_step}', abstract(params),
                                  abstract(model_state))
 
   # in its own run: moved aside when the run resumes, and the next evaluation writes a
@@ -194,7 +197,7 @@ def test_failed_save_is_loud_and_deletes_nothing(tmp_path, quiet_config, compila
   manager = ocp.CheckpointManager(manager_dir)
   assert manager.all_steps() == [3]
   manager.close()
-  assert checkpoint_lib.verify_manifest(os.path.join(manager_dir, '3')) is None
+  assert run_checkpoints.verify_manifest(os.path.join(manager_dir, '3')) is None
   assert len(_model(manager_dir, 3)) > 10
   monkeypatch.setattr(checkpoint_lib.IteratorStateHandler, 'save', original)
   assert loop.train_and_evaluate(config, workdir, pipeline=_pipeline())['step'] == 6

@@ -1,4 +1,5 @@
-"""Argument checks shared by every quantizer: clear errors before any tracing."""
+"""Argument checks shared by every quantizer and by the layers and rules that name bit-widths:
+clear errors before any tracing."""
 
 from __future__ import annotations
 
