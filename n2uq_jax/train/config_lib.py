@@ -65,10 +65,11 @@ FP_DOWNSAMPLE_TOKEN = 'fp_downsample'
 RUNTIME_FIELDS = (
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'async_checkpointing',
     'progress_bar', 'tensorboard', 'compilation_cache_dir', 'distributed', 'eval_every_steps',
-    'nonfinite_policy',
+    'nonfinite_policy', 'data.cache_dir',
 )
 """Fields that may change between a run and its resumption: they do not change the
-trained parameters. Every other field must match the config stored in the workdir."""
+trained parameters (dotted: a field of a sub-config). Every other field must match the
+config stored in the workdir."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,7 +406,8 @@ def comparable(config) -> dict[str, Any]:
   d = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') \
       else dict(config)
   for field in RUNTIME_FIELDS:
-    d.pop(field, None)
+    parent, _, leaf = field.rpartition('.')
+    (d.get(parent, {}) if parent else d).pop(leaf, None)
   return d
 
 
