@@ -67,15 +67,31 @@ def _wants_traceback(argv: list[str]) -> bool:
   return level is not None and level >= 1
 
 
-def _root_message(error: BaseException) -> str:
+def _unknown_field_message(field: str, chain: list[BaseException], argv: list[str]) -> str:
+  """``unknown config field data.sourc; did you mean data.source?``: the dotted name as
+  given on the command line, and the nearest field of its ConfigDict when one is close
+  (ml_collections finds it with difflib and words it in an outer error of ``chain``)."""
+  dotted = next((m.group(1) for m in (re.match(r'--config\.([\w.]+)=?', a) for a in argv)
+                 if m and m.group(1).rsplit('.', 1)[-1] == field), field)
+  for link in chain:
+    match = re.search(r'Did you mean "(\w+)" instead of', str(link))
+    if match:
+      nearest = '.'.join(dotted.split('.')[:-1] + [match.group(1)])
+      return f'unknown config field {dotted}; did you mean {nearest}?'
+  return f'unknown config field {dotted}'
+
+
+def _root_message(error: BaseException, argv: list[str]) -> str:
   """One line for the person at the terminal: a flag error as absl words it, but for
   an error raised inside a config file (which absl wraps with its traceback) the
-  innermost message, and for an unknown ``--config.FIELD`` the field's name."""
-  innermost = error
-  while (innermost.__cause__ or innermost.__context__) is not None:
-    innermost = innermost.__cause__ or innermost.__context__
+  innermost message, and for an unknown ``--config.FIELD`` the field's name with the
+  nearest valid one."""
+  chain = [error]
+  while (chain[-1].__cause__ or chain[-1].__context__) is not None:
+    chain.append(chain[-1].__cause__ or chain[-1].__context__)
+  innermost = chain[-1]
   if isinstance(innermost, (KeyError, AttributeError)):  # ml_collections: unknown field
-    return f"unknown config field {str(innermost).strip(chr(34) + chr(39))}"
+    return _unknown_field_message(str(innermost).strip(chr(34) + chr(39)), chain, argv)
   if isinstance(innermost, OSError) and 'Failed loading config file' in str(innermost):
     attempted = re.findall(r'\[Errno \d+\] ([^\n]*)', str(innermost))
     return 'cannot load the config file: ' + ('; '.join(attempted) or str(innermost))
@@ -87,7 +103,7 @@ def _root_message(error: BaseException) -> str:
 def _fail(error: BaseException, argv: list[str], status: int = _USAGE_ERROR_STATUS) -> None:
   if _wants_traceback(argv):
     raise error
-  print(f'train.py: error: {_root_message(error)}', file=sys.stderr, flush=True)
+  print(f'train.py: error: {_root_message(error, argv)}', file=sys.stderr, flush=True)
   sys.exit(status)
 
 
@@ -121,7 +137,8 @@ def main(argv):
     for s in summaries:
       print(f"[{s['variant']}] {s['model']}: eval accuracy {fmt(s['final_eval_accuracy'])} "
             f"(best {fmt(s['best_eval_accuracy'])}) after {s['step']} steps, "
-            f"{s['train_seconds']:.1f} s training; {s['workdir']}", flush=True)
+            + ('already finished, nothing to train' if s.get('already_finished') else
+               f"{s['train_seconds']:.1f} s training") + f"; {s['workdir']}", flush=True)
     print('summary: ' + ', '.join(f"{s['variant']} {fmt(s['final_eval_accuracy'])}"
                                   for s in summaries) + f'; total {total:.1f} s', flush=True)
 

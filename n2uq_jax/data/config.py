@@ -22,7 +22,8 @@ Fields (an ml_collections.ConfigDict or any object with these attributes):
   read_threads: threads per process transforming batches concurrently (JPEG decoding
     and resizing release the GIL); 0 transforms on demand.
   prefetch_buffer_size: batches each process prepares ahead (and the training process
-    normalises ahead, in a thread); 0 prepares each batch on demand.
+    normalises ahead, in a thread), raised to read_threads so that every thread has a
+    batch to work on; 0 prepares each batch on demand.
   bad_images: image folders only: "fail" (an unreadable or truncated image raises an
     error naming the file) or "skip" (it is replaced by the next good image, with a
     counted warning; every image is decoded once more to check it).

@@ -160,8 +160,11 @@ class Pipeline:
     self.num_eval_batches = sharding.eval_batches_per_host(
         self.num_eval_examples, per_host_batch_size, process_count
     )
+    # grain's read buffer bounds how many threads work at once: hold at least one batch
+    # per thread (0 keeps prefetching off).
+    read_buffer = max(prefetch_buffer_size, read_threads) if prefetch_buffer_size else 0
     self._read_options = grain.ReadOptions(
-        num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size
+        num_threads=read_threads, prefetch_buffer_size=read_buffer
     )
     self._multiprocessing = grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=max(1, prefetch_buffer_size)

@@ -17,8 +17,6 @@ residual adds, pooling, classifier) is float32. Two backends:
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,7 +77,7 @@ class IntegerModel:
         self._weights[node.output + '/acc_scale'] = acc_scale(t, node)
     self.quantized_layers = tuple(n.name for n in graph.nodes if n.op in ('quantize',
                                                                             'threshold'))
-    self._jit = jax.jit(functools.partial(_run, self, jnp))
+    self._jit = jax.jit(self.jax_function)
 
   @classmethod
   def load(cls, export_dir: str) -> 'IntegerModel':
@@ -118,6 +116,11 @@ class IntegerModel:
   def jax_run(self, images):
     """``(logits, codes)`` from the jit-compiled JAX twin (integer convs)."""
     return self._jit(jnp.asarray(self._check(images)))
+
+  def jax_function(self, images):
+    """The JAX twin's ``(logits, codes)`` as a traceable function of a JAX array
+    (for ``jax.jit``, ``jax.export``); :meth:`jax_run` is its jitted form."""
+    return _run(self, jnp, images)
 
   def jax_logits(self, images) -> np.ndarray:
     return np.asarray(self.jax_run(images)[0])

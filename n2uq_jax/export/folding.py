@@ -125,3 +125,111 @@ def _two_sided(a, b, slope, bias_out, beta1, level):
   lo = np.where(empty, INT32_LIMIT, np.clip(lo, -INT32_LIMIT, INT32_LIMIT))
   hi = np.where(empty, -INT32_LIMIT, np.clip(hi, -INT32_LIMIT, INT32_LIMIT))
   return lo.astype(np.int32), hi.astype(np.int32)
+
+
+# --- Float thresholds on a float input (the residual-stream quantizers) ---------------
+#
+# A quantizer that reads ``RPReLU(x)`` computes, in float32 and in this order,
+# ``z = x + bias_in``, ``p = z if z > 0 else slope * z``, ``r = p + bias_out``,
+# ``u = beta1 * r`` and counts ``u > T_i``. Each step is monotone in ``x`` on either side
+# of ``z = 0``, so ``{x : u > T_i}`` is a union of at most two intervals of float32
+# values. Found by bisection over the float32 values themselves (evaluating the same
+# float32 operations), those intervals reproduce the float32 chain's decisions exactly,
+# tie for tie, without computing the chain.
+
+_KEY_MAX = int(np.float32(np.finfo(np.float32).max).view(np.int32))
+
+
+def _key(x: np.ndarray) -> np.ndarray:
+  """int64 keys in the order of the float32 values (``-0.0`` and ``0.0`` share 0)."""
+  bits = np.asarray(x, np.float32).view(np.int32).astype(np.int64)
+  return np.where(bits >= 0, bits, -(2 ** 31) - bits)
+
+
+def _value(key: np.ndarray) -> np.ndarray:
+  """The float32 of a key; keys beyond the finite range are ``-inf`` / ``inf``."""
+  key = np.asarray(key, np.int64)
+  finite = np.clip(key, -_KEY_MAX, _KEY_MAX)
+  bits = np.where(finite >= 0, finite, -(2 ** 31) - finite).astype(np.int32)
+  x = bits.view(np.float32)
+  return np.where(key > _KEY_MAX, np.inf, np.where(key < -_KEY_MAX, -np.inf, x)).astype(
+      np.float32)
+
+
+def _first_true(predicate, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+  """Smallest key in ``[lo, hi]`` where the monotone non-decreasing ``predicate``
+  (of float32 values) holds, ``hi + 1`` where it holds nowhere."""
+  lo, hi = lo.copy(), hi + 1  # invariant: false below lo, true from hi on
+  while np.any(lo < hi):
+    mid = (lo + hi) // 2
+    true = predicate(_value(mid))
+    hi = np.where(true & (lo < hi), mid, hi)
+    lo = np.where(~true & (lo < hi), mid + 1, lo)
+  return lo
+
+
+def float_count_intervals(bias_in, slope, bias_out, input_scale, thresholds):
+  """Exact float32 thresholds of ``k = #{i : beta1 * RPReLU(x) > T_i}`` on ``x``.
+
+  Args:
+    bias_in, slope, bias_out: ``(C,)`` RPReLU (SPEC 4.2); zeros, ones and zeros for a
+      quantizer that reads ``x`` directly.
+    input_scale: ``beta1`` (scalar); thresholds: ``(K,)`` the quantizer's ``T``.
+
+  Returns:
+    ``(above, below, invert)``: float32 ``(C, K)``, float32 ``(C, K)`` and bool
+    ``(C, K)`` such that, for every float32 ``x`` of channel ``c``, level ``i`` counts
+    exactly when ``(x > above[c, i] or x < below[c, i]) != invert[c, i]``, as the
+    float32 chain decides it (``-inf`` / ``inf`` entries never hold).
+  """
+  with np.errstate(over='ignore', invalid='ignore'):
+    return _float_count_intervals(bias_in, slope, bias_out, input_scale, thresholds)
+
+
+def _float_count_intervals(bias_in, slope, bias_out, input_scale, thresholds):
+  f32 = np.float32
+  b_in = np.asarray(bias_in, f32)[:, None]
+  slope = np.asarray(slope, f32)[:, None]
+  b_out = np.asarray(bias_out, f32)[:, None]
+  beta1 = f32(input_scale)
+  level = np.asarray(thresholds, f32)[None, :]
+  shape = np.broadcast_shapes(b_in.shape, level.shape)
+
+  def counts(x):
+    z = x + b_in
+    return beta1 * (np.where(z > 0, z, slope * z) + b_out) > level
+
+  lowest, highest = np.full(shape, -_KEY_MAX), np.full(shape, _KEY_MAX)
+  # the last key of the side z <= 0 (z = x + bias_in is monotone in x)
+  split = _first_true(lambda x: np.broadcast_to(x + b_in > 0, shape), lowest, highest) - 1
+  # (first key, last key, rising, flat, a key of the side next to z = 0): a flat side is
+  # probed there, where its float32 values are finite
+  negative_side = (lowest, split, (beta1 > 0) == (slope > 0), (beta1 == 0) | (slope == 0),
+                   split)
+  positive_side = (split + 1, highest, np.broadcast_to(beta1 > 0, shape),
+                   np.broadcast_to(beta1 == 0, shape), split + 1)
+  sides = []  # the [first, last] keys of each side's true set (first > last: empty)
+  for start, end, rising, flat, probe in (negative_side, positive_side):
+    first = _first_true(counts, start, end)  # where the side rises
+    last = _first_true(lambda x: ~counts(x), start, end) - 1  # where it falls
+    holds = counts(_value(np.clip(probe, -_KEY_MAX, _KEY_MAX)))  # where it is flat
+    sides.append((np.where(flat, np.where(holds, start, end + 1), np.where(rising, first, start)),
+                  np.where(flat | rising, end, last)))
+  (first_neg, last_neg), (first_pos, last_pos) = sides
+  empty_neg, empty_pos = first_neg > last_neg, first_pos > last_pos
+  # one interval [first, last] when the two sides touch or one is empty
+  joined = empty_neg | empty_pos | (last_neg + 1 >= first_pos)
+  first = np.where(empty_neg, first_pos, first_neg)
+  last = np.where(empty_pos, last_neg, last_pos)
+  prefix, suffix = first <= -_KEY_MAX, last >= _KEY_MAX
+  above = np.where(joined, np.where(suffix, first - 1, last), first_pos - 1)
+  below = np.where(joined, np.where(prefix, last + 1, first), last_neg + 1)
+  invert = joined & ~prefix & ~suffix
+  # a suffix counts above first - 1; a prefix below last + 1; [first, last] inside
+  above = np.where(joined & prefix & ~suffix, _KEY_MAX + 1, above)
+  below = np.where(joined & suffix, -_KEY_MAX - 1, below)
+  none = joined & (first > last)
+  above = np.where(none, _KEY_MAX + 1, above)
+  below = np.where(none, -_KEY_MAX - 1, below)
+  invert = invert & ~none
+  return _value(above), _value(below), invert

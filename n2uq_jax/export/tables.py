@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from n2uq_jax.export.graph import Graph, Node
 
@@ -48,8 +48,10 @@ def write_tables(graph: Graph, out_dir: str, *, model_name: str, num_classes: in
   the manifest."""
   os.makedirs(out_dir, exist_ok=True)
   tensors = {name: np.ascontiguousarray(value) for name, value in graph.tensors.items()}
-  save_file(tensors, os.path.join(out_dir, TABLES_FILE),
-            metadata={'format': FORMAT, 'format_version': str(FORMAT_VERSION)})
+  # Serialised in memory and written with open() so that the file gets the same
+  # permissions as manifest.json (safetensors' save_file creates it 0600).
+  with open(os.path.join(out_dir, TABLES_FILE), 'wb') as f:
+    f.write(save(tensors, metadata={'format': FORMAT, 'format_version': str(FORMAT_VERSION)}))
   manifest = {
       'format': FORMAT,
       'format_version': FORMAT_VERSION,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 from typing import Any, Sequence
 
 import matplotlib
@@ -52,13 +53,18 @@ def _histogram_range(samples: np.ndarray, thresholds: np.ndarray) -> tuple[float
   return float(lo - pad), float(hi + pad)
 
 
-def draw_thresholds(panels: Sequence[ThresholdPanel], path: str, *, columns: int = 4) -> None:
+THRESHOLDS_TITLE = ('activation quantizer inputs (histogram), thresholds (dashed) and, for '
+                    'learned ones, their initial values (dotted)')
+
+
+def thresholds_figure(panels: Sequence[ThresholdPanel], *, columns: int = 4) -> Figure:
   """A grid of histograms of each layer's quantizer inputs with its thresholds drawn
   as dashed vertical lines (level ``i`` lies right of threshold ``i``) and the
-  thresholds at initialisation as dotted grey lines."""
+  thresholds at initialisation as dotted grey lines; the title is wrapped to the
+  width of the grid (one panel is 3.4 inches wide)."""
   columns = max(1, min(columns, len(panels)))
   rows = math.ceil(len(panels) / columns)
-  figure = Figure(figsize=(3.4 * columns, 2.4 * rows), layout='constrained')
+  figure = Figure(figsize=(3.4 * columns, 2.6 * rows), layout='constrained')
   for index, panel in enumerate(panels):
     axes = figure.add_subplot(rows, columns, index + 1)
     lo, hi = _histogram_range(panel.samples, panel.thresholds)
@@ -74,11 +80,18 @@ def draw_thresholds(panels: Sequence[ThresholdPanel], path: str, *, columns: int
                     ha='right' if right_edge else 'left', fontsize=7, color='tab:red')
     axes.set_xlim(lo, hi)
     axes.set_title(f'{panel.name} ({panel.quantizer}, {panel.bits} bit)', fontsize=8)
+    axes.set_xlabel('quantizer input', fontsize=7)
+    axes.set_ylabel('density', fontsize=7)
     axes.tick_params(labelsize=7)
     axes.set_yticks([])
-  figure.suptitle('activation quantizer inputs (histogram), thresholds (dashed) and, for '
-                  'learned ones, their initial values (dotted)', fontsize=9)
-  _save(figure, path)
+  # about 14 characters per inch at 9 points
+  figure.suptitle(textwrap.fill(THRESHOLDS_TITLE, width=int(3.4 * columns * 14)), fontsize=9)
+  return figure
+
+
+def draw_thresholds(panels: Sequence[ThresholdPanel], path: str, *, columns: int = 4) -> None:
+  """Writes :func:`thresholds_figure` to ``path`` (PNG)."""
+  _save(thresholds_figure(panels, columns=columns), path)
 
 
 def _occupancy_axes(axes, rows: Sequence[OccupancyRow], title: str, colors) -> None:

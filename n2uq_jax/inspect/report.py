@@ -249,7 +249,9 @@ def format_summary(summary: dict[str, Any]) -> str:
       f"MACs per image: {summary['total_macs']:,d}",
       f"BOPs per image: {summary['total_bops']:,d} (float32 model: {summary['float_bops']:,d}; "
       f"ratio {summary['float_bops'] / max(summary['total_bops'], 1):.2f}x)",
-      f"model size: {size['quantized_bytes']:,.0f} bytes at these bit-widths, "
+      f"model size: {size['quantized_bytes']:,.0f} bytes at these bit-widths (quantized "
+      'weights at their bits, every other value in float32; the export also stores '
+      'per-channel scales and threshold tables), '
       f"{size['float32_bytes']:,d} bytes in float32 ({size['compression']:.2f}x smaller); "
       f"{size['quantized_weights']:,d} of {size['values']:,d} values quantized",
       'BOPs = MACs x weight bits x activation bits per layer (32 for a side without a '

@@ -210,7 +210,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.adam_b2 = 0.999
   config.adam_eps = 1e-8
   config.momentum = 0.9  # sgd only
-  config.weight_decay = 0.0  # L2 added to the gradient (PyTorch Adam's weight_decay)
+  config.weight_decay = 0.0  # L2 on the gradient of the conv kernels only (official code)
   config.quantizer_lr_multiplier = 0.1
   config.quirk_q1 = False
   config.schedule = 'cosine'

@@ -160,7 +160,8 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
   Returns:
     The summary: ``variant``, ``final_eval_accuracy``, ``best_eval_accuracy``,
     ``step``, ``train_seconds``, ``workdir``, ``preempted`` (the signal's name or
-    None), ``nonfinite_steps`` (steps skipped for a NaN/inf, this session).
+    None), ``nonfinite_steps`` (steps skipped for a NaN/inf, this session),
+    ``already_finished`` (the workdir held its last step before this call).
 
   Raises:
     n2uq_jax.train.step.DivergenceError: a non-finite step with
@@ -242,7 +243,9 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
     state, data_state, start_step = ckpt.restore(
         checkpoint_lib.abstract(state, state_shardings))
     it.set_state(data_state)
-    _say(f'[{variant.name}] resumed {workdir} from step {start_step}')
+    _say(f'[{variant.name}] {workdir} is already finished at step {start_step}'
+         if start_step >= total_steps else
+         f'[{variant.name}] resumed {workdir} from step {start_step}')
   best_accuracy = ckpt.best_accuracy()
 
   train_step = jax.jit(
@@ -405,6 +408,7 @@ def train_and_evaluate(config, workdir: str, *, pipeline=None, mesh=None,
       'final_eval_loss': last_eval['eval_loss'] if last_eval else None,
       'best_eval_accuracy': best_accuracy,
       'train_seconds': round(train_seconds, 3),
+      'already_finished': start_step >= total_steps,
       'workdir': workdir,
       'preempted': stopped_by,
       'nonfinite_steps': nonfinite_steps,

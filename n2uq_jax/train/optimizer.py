@@ -7,6 +7,11 @@ Two groups:
   scales, PACT clips, LSQ steps), at ``quantizer_lr_multiplier`` (0.1) times the LR;
 * ``'default'``: everything else, at the LR.
 
+Weight decay (``weight_decay > 0``, L2 added to the gradient as in PyTorch's Adam) applies
+only to the 4-D convolution kernels, in either group: the official ``train.py`` passes
+``weight_decay`` to its group of 4-D weights alone (SPEC 5, optimizer groups), so dense
+kernels, biases, BatchNorm and RPReLU parameters and quantizer parameters are never decayed.
+
 With ``quirk_q1`` (SPEC 7, Q1) the official ResNet script's grouping is copied: the
 ``intervals`` of every activation quantizer other than those of ``conv1`` and ``conv2``
 (so ``conv3`` of the bottlenecks and the quantized downsample convs) train at the full
@@ -142,10 +147,16 @@ def make_schedule(config, steps_per_epoch: int, total_steps: int) -> optax.Sched
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
+def conv_kernel_mask(params) -> Any:
+  """``True`` for the 4-D parameters (the convolution kernels, HWIO), ``False`` for the
+  rest: the parameters the official code decays (SPEC 5)."""
+  return jax.tree.map(lambda p: jnp.ndim(p) == 4, params)
+
+
 def _base_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTransformation:
   parts = []
   if config.weight_decay:
-    parts.append(optax.add_decayed_weights(config.weight_decay))
+    parts.append(optax.add_decayed_weights(config.weight_decay, mask=conv_kernel_mask))
   if config.optimizer == 'adam':
     parts.append(optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps))
   elif config.optimizer == 'sgd':
@@ -157,7 +168,8 @@ def _base_optimizer(config, learning_rate: optax.Schedule) -> optax.GradientTran
 
 
 def make_optimizer(config, labels: dict, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """Adam (or SGD) with the quantizer group at ``quantizer_lr_multiplier`` x the LR.
+  """Adam (or SGD) with the quantizer group at ``quantizer_lr_multiplier`` x the LR and
+  ``weight_decay`` on the convolution kernels only (:func:`conv_kernel_mask`).
 
   Args:
     config: the training config (``optimizer``, ``adam_*``, ``momentum``,

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 from n2uq_jax.train import checkpoint as checkpoint_lib
@@ -157,7 +158,9 @@ def restore_run(run_dir: str, *, step=None) -> RestoredRun:
     raise ValueError(f'checkpoint {directory}@{step} is corrupt: {problem}; give another '
                      f'step of {_manager_steps(directory)}')
   item_dir = os.path.join(directory, str(step), 'model')
-  metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+  # The item handler reads the array metadata of the ``model`` item; a Checkpointer would
+  # also look for a step-level _CHECKPOINT_METADATA inside the item and warn.
+  metadata = ocp.StandardCheckpointHandler().metadata(epath.Path(item_dir))
   shapes = jax.tree.map(lambda m: tuple(m.shape), dict(metadata))
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   try:

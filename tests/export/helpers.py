@@ -38,3 +38,27 @@ def randomize(model: nnx.Module, seed: int = 0) -> nnx.Module:
     elif isinstance(node, nn.PACTActivation):
       put(node.alpha, rng.uniform(1.5, 3.0))
   return model
+
+
+def run_qonnx(path: str, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """``(logits, {layer: codes NHWC})`` of ``model.qonnx.onnx`` on NHWC ``images``,
+  one image at a time (the file's batch is 1) through qonnx's own executor; a
+  value off its integer datatype annotation is an error, not a silent rounding."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  from qonnx.core.modelwrapper import ModelWrapper  # pylint: disable=g-import-not-at-top
+  from qonnx.core.onnx_exec import execute_onnx  # pylint: disable=g-import-not-at-top
+  from qonnx.transformation.infer_shapes import InferShapes  # pylint: disable=g-import-not-at-top
+  model = ModelWrapper(path).transform(InferShapes())
+  nchw = list(model.get_tensor_shape('image')) == [1, images.shape[3], *images.shape[1:3]]
+  names = [o for n in model.graph.node for o in n.output if o.endswith('.codes')]
+  logits, codes = [], {name[:-len('.codes')]: [] for name in names}
+  for image in images:
+    x = image[None].transpose(0, 3, 1, 2) if nchw else image[None]
+    with warnings.catch_warnings():
+      warnings.simplefilter('error')
+      context = execute_onnx(model, {'image': np.ascontiguousarray(x)},
+                             return_full_exec_context=True)
+    logits.append(context['logits'])
+    for layer in codes:
+      codes[layer].append(context[layer + '.codes'].transpose(0, 2, 3, 1))
+  return np.concatenate(logits), {k: np.concatenate(v) for k, v in codes.items()}

@@ -54,11 +54,12 @@ def test_cli_writes_the_export_and_a_size_report(exported):
   # layer1.1's quantizer reads conv -> bn -> RPReLU of layer1.0: folded (SPEC 8)
   assert [l['threshold_rule'] for l in manifest['layers']] == ['float', 'folded_int']
   assert all(l['weight_bits'] == l['activation_bits'] == 2 for l in manifest['layers'])
-  # ONNX: standard ops only; the quantized convs are ConvInteger, the stem a float Conv
+  # ONNX: standard ops only; the stem and the two quantized convs (onnx_graph's paths:
+  # a windowed QLinearConv or an exact float Conv, ConvInteger only for 8-bit sums)
   import onnx  # pylint: disable=g-import-not-at-top
   graph = onnx.load(os.path.join(out_dir, 'model.onnx')).graph
   ops = [node.op_type for node in graph.node]
-  assert ops.count('ConvInteger') == 2 and ops.count('Conv') == 1
+  assert ops.count('QLinearConv') + ops.count('Conv') == 3 and 'ConvInteger' not in ops
   assert 'GreaterOrEqual' in ops and 'Greater' in ops
   assert all(node.domain in ('', 'ai.onnx') for node in graph.node)
   assert [i.name for i in graph.input] == ['image'] and [o.name for o in graph.output] == [
@@ -168,3 +169,40 @@ def test_export_is_independent_of_float_kernels_and_sensitive_to_its_tables(expo
   logits, codes = _edited_export(out_dir, tmp_path / 'f', move_float_threshold).run(images)
   assert np.any(codes['layer1.0.conv'] != before_codes['layer1.0.conv'])
   assert np.max(np.abs(logits - before_logits)) > 0
+
+
+def _cli_export(run_dir, out_dir, fmt):
+  result = subprocess.run([sys.executable, '-m', 'n2uq_jax.export', run_dir, out_dir,
+                           '--format', fmt], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return sorted(os.listdir(out_dir))
+
+
+def test_cli_qonnx_reproduces_the_integer_engine(exported, tmp_path):
+  pytest.importorskip('qonnx')
+  from tests.export.helpers import run_qonnx  # pylint: disable=g-import-not-at-top
+  run_dir, _, images, _ = exported
+  out_dir = str(tmp_path / 'qonnx')
+  assert _cli_export(run_dir, out_dir, 'qonnx') == ['manifest.json', 'model.qonnx.onnx',
+                                                     'tables.safetensors']
+  images = images[:16]  # qonnx's executor runs node by node, one image at a time
+  logits, codes = run_qonnx(os.path.join(out_dir, 'model.qonnx.onnx'), images)
+  ref_logits, ref_codes = export.IntegerModel.load(out_dir).run(images)
+  assert sorted(codes) == ['layer1.0.conv', 'layer1.1.conv']
+  for layer in ref_codes:
+    np.testing.assert_array_equal(codes[layer], ref_codes[layer], err_msg=layer)
+  assert np.max(np.abs(logits - ref_logits)) <= 1e-6 * np.max(np.abs(ref_logits))
+
+
+def test_cli_stablehlo_gives_the_twin_logits(exported, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  run_dir, _, images, _ = exported
+  out_dir = str(tmp_path / 'stablehlo')
+  assert _cli_export(run_dir, out_dir, 'stablehlo') == ['manifest.json', 'model.stablehlo',
+                                                         'tables.safetensors']
+  with open(os.path.join(out_dir, 'model.stablehlo'), 'rb') as f:
+    served = jax.export.deserialize(f.read())
+  assert served.platforms == ('cpu', 'cuda', 'tpu')
+  np.testing.assert_array_equal(np.asarray(served.call(images)),
+                                export.IntegerModel.load(out_dir).jax_logits(images))

@@ -111,7 +111,9 @@ def test_w2a2_run_writes_figures_and_a_summary_with_hand_counted_costs(
   assert size['quantized_bytes'] == quantized_bytes and size['float32_bytes'] == 4 * values
   text = summary['text']
   assert f"BOPs per image: {sum(bops.values()):,d}" in text
-  assert f"{quantized_bytes:,.0f} bytes at these bit-widths" in text
+  assert (f"{quantized_bytes:,.0f} bytes at these bit-widths (quantized weights at their bits, "
+          "every other value in float32; the export also stores per-channel scales and "
+          "threshold tables)") in text
   for name in layers:
     assert f'{bops[name]:,d}' in text
 

@@ -1,6 +1,7 @@
 """``python train.py`` end to end in a subprocess, with a tiny number of steps."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -35,6 +36,15 @@ def test_default_cli_run(tmp_path, compilation_cache):
     assert records[-1]['summary']
   # the quantized variant started from the FP run and distilled from it
   assert 'initialised' in out and 'teacher small_cnn from' in out
+
+  # the same command on the finished run says so instead of reporting 0.0 s of training
+  finished = _train(workdir, cache=compilation_cache)
+  assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+  for variant in ('fp', 'w2a2'):
+    assert f'[{variant}] {workdir / variant} is already finished at step 4' in finished.stdout
+    assert re.search(rf'\[{variant}\] small_cnn: eval accuracy .* after 4 steps, already '
+                     'finished, nothing to train;', finished.stdout), finished.stdout
+  assert ' s training' not in finished.stdout
 
   # a different config on the same workdir is refused, naming the field
   again = _train(workdir, '--config.learning_rate=0.5', cache=compilation_cache)

@@ -232,7 +232,11 @@ def test_documented_command_runs_or_names_the_missing_data(where, command, tmp_p
 
 @pytest.mark.parametrize('args,message', [
     (['--config.schedule=step'], "train.py: error: schedule='step' is not valid"),
-    (['--config.no_such_field=1'], 'train.py: error: unknown config field no_such_field'),
+    (['--config.no_such_field=1'], 'train.py: error: unknown config field no_such_field\n'),
+    (['--config.num_train_stepz=5'], 'train.py: error: unknown config field num_train_stepz; '
+     'did you mean num_train_steps?\n'),
+    (['--config.data.sourc=folder'], 'train.py: error: unknown config field data.sourc; '
+     'did you mean data.source?\n'),
     (['--config=configs/default.py:w2a2,bogus'],
      "train.py: error: unknown config argument token 'bogus'"),
     (['--config.global_batch_size=abc'],

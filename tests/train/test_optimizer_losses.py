@@ -95,6 +95,51 @@ def test_weight_decay_is_zero_by_default_and_adam_not_adamw():
   assert config.quantizer_lr_multiplier == 0.1
 
 
+def numpy_adam_l2(params, grads_by_step, *, lr, b1, b2, eps, weight_decay, decayed):
+  """PyTorch's Adam with ``weight_decay`` (L2 added to the gradient, not AdamW), written
+  from its documented update; only the names in ``decayed`` get the L2 term."""
+  params = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  m = {k: np.zeros_like(v) for k, v in params.items()}
+  v2 = {k: np.zeros_like(v) for k, v in params.items()}
+  for t, grads in enumerate(grads_by_step, start=1):
+    for k in params:
+      g = np.asarray(grads[k], np.float64)
+      if k in decayed:
+        g = g + weight_decay * params[k]
+      m[k] = b1 * m[k] + (1 - b1) * g
+      v2[k] = b2 * v2[k] + (1 - b2) * g * g
+      m_hat, v_hat = m[k] / (1 - b1 ** t), v2[k] / (1 - b2 ** t)
+      params[k] = params[k] - lr[k] * m_hat / (np.sqrt(v_hat) + eps)
+  return params
+
+
+def test_weight_decay_reaches_only_the_conv_kernels_as_in_the_official_code():
+  """SPEC 5: the official train.py gives ``weight_decay`` to its group of 4-D weights
+  only; a dense kernel, a bias and a quantizer parameter (even in the default group
+  under quirk Q1) are not decayed."""
+  rng = np.random.default_rng(0)
+  shapes = {'conv': (3, 3, 2, 4), 'dense': (5, 3), 'bias': (3,), 'q': (3,), 'q_full': (3,)}
+  params = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+  labels = {'conv': optimizer.DEFAULT, 'dense': optimizer.DEFAULT, 'bias': optimizer.DEFAULT,
+            'q': optimizer.QUANTIZER, 'q_full': optimizer.DEFAULT}
+  grads_by_step = [{k: 0.05 * rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
+                   for _ in range(3)]
+  config = _config(learning_rate=0.01, weight_decay=0.5, adam_eps=1e-3)
+  tx = optimizer.make_optimizer(config, labels, optax.constant_schedule(0.01))
+  state, current = tx.init(params), {k: jnp.asarray(v) for k, v in params.items()}
+  for grads in grads_by_step:
+    updates, state = tx.update({k: jnp.asarray(v) for k, v in grads.items()}, state, current)
+    current = optax.apply_updates(current, updates)
+  lr = {k: 0.001 if label == optimizer.QUANTIZER else 0.01 for k, label in labels.items()}
+  kwargs = dict(lr=lr, b1=0.9, b2=0.999, eps=1e-3, weight_decay=0.5)
+  expected = numpy_adam_l2(params, grads_by_step, decayed={'conv'}, **kwargs)
+  everything = numpy_adam_l2(params, grads_by_step, decayed=set(shapes), **kwargs)
+  for k in shapes:
+    np.testing.assert_allclose(current[k], expected[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    # the reference tells decayed from undecayed apart
+    assert np.abs(everything[k] - expected[k]).max() > 1e-4 or k == 'conv', k
+
+
 def numpy_epoch_linear(base_lr, steps_per_epoch, num_epochs, steps):
   """SPEC 5 / Q5: PyTorch LambdaLR(1 - epoch/E) stepped at the start of every epoch,
   so epoch e (0-based) has seen e + 1 scheduler steps."""
@@ -144,6 +189,28 @@ def test_kd_loss_matches_numpy():
   # the teacher gets no gradient
   g = jax.grad(lambda t: losses.distillation(jnp.asarray(student), t))(jnp.asarray(teacher))
   assert not np.any(g)
+
+
+@pytest.mark.parametrize('temperature', [1.0, 4.0])
+def test_kd_loss_at_a_temperature_matches_numpy(temperature):
+  """SPEC 5 (as documented in losses.distillation): ``T^2 mean_b -sum_c p log q`` with
+  both softmaxes at temperature ``T``; masked rows do not count."""
+  rng = np.random.default_rng(2)
+  student = rng.normal(size=(6, 5)) * 3
+  teacher = rng.normal(size=(6, 5)) * 3
+
+  def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+  per_example = -(softmax(teacher / temperature) *
+                  np.log(softmax(student / temperature))).sum(1)
+  mask = np.array([True, True, False, True, False, True])
+  s32, t32 = jnp.asarray(student, jnp.float32), jnp.asarray(teacher, jnp.float32)
+  got = losses.distillation(s32, t32, temperature=temperature)
+  np.testing.assert_allclose(got, temperature ** 2 * per_example.mean(), rtol=1e-5)
+  masked = losses.distillation(s32, t32, temperature=temperature, mask=jnp.asarray(mask))
+  np.testing.assert_allclose(masked, temperature ** 2 * per_example[mask].mean(), rtol=1e-5)
 
 
 def test_cross_entropy_with_label_smoothing_matches_numpy():
