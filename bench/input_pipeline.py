@@ -18,7 +18,14 @@ discards its first batches (worker start-up, full prefetch buffers) and times th
 ones; rounds interleave the pipelines so that machine noise hits all of them alike, and
 the table reports medians over rounds.
 
+With ``--cifar-dir DIR`` (a folder holding train/<class>/<image>.jpg, CIFAR-10's 32x32
+JPEGs) it measures the CIFAR training batches instead (transform "cifar", batch 128, no
+worker process): the "folder" source, which decodes every JPEG of every batch, against
+the "memory" source, which decodes the folder once (that time is printed apart) and then
+crops and flips uint8 arrays.
+
 Run from the repository root: python bench/input_pipeline.py [--rounds 7]
+                              python bench/input_pipeline.py --cifar-dir /data/cifar10
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import numpy as np
 import PIL.Image
 
 from n2uq_jax import data
+from n2uq_jax.data import memory
 from n2uq_jax.data import transforms
 
 IMAGE_SIZE = 224
@@ -69,6 +77,20 @@ def grain_iterator(root: str, workers: int, threads: int, batch_size: int):
   config.image_size, config.transform = IMAGE_SIZE, "imagenet"
   config.mean, config.std = data.IMAGENET_MEAN, data.IMAGENET_STD
   config.worker_count, config.read_threads, config.prefetch_buffer_size = workers, threads, 2
+  pipeline = data.create_pipeline(
+      config, per_host_batch_size=batch_size, seed=0, process_index=0, process_count=1
+  )
+  return pipeline.train_iterator()
+
+
+def cifar_iterator(root: str, source: str, threads: int, batch_size: int):
+  """Normalised CIFAR training batches of `source` ("folder" or "memory") over root."""
+  config = data.default_config()
+  config.source, config.data_dir, config.validation_fraction = source, root, 0.1
+  config.image_size, config.transform = 32, "cifar"
+  config.mean, config.std = (125.3, 123.0, 113.9), (63.0, 62.1, 66.7)
+  config.worker_count, config.read_threads = 0, threads
+  config.prefetch_buffer_size = max(2, threads)
   pipeline = data.create_pipeline(
       config, per_host_batch_size=batch_size, seed=0, process_index=0, process_count=1
   )
@@ -158,6 +180,50 @@ def _tensorflow_importable() -> bool:
   return True
 
 
+def time_rounds(candidates: dict, args: argparse.Namespace) -> None:
+  """Times every candidate's batches in interleaved rounds and prints the table."""
+  rates = {name: [] for name in candidates}
+  per_cpu_second = {name: [] for name in candidates}
+  for _ in range(args.rounds):
+    for name, make_iterator in candidates.items():
+      iterator = make_iterator()
+      for _ in range(args.warmup):  # start-up, tracing, and drain every prefetch buffer
+        next(iterator)
+      start, start_cpu = time.perf_counter(), _cpu_seconds()
+      for _ in range(args.batches):
+        next(iterator)
+      images = args.batches * args.batch
+      rates[name].append(images / (time.perf_counter() - start))
+      per_cpu_second[name].append(images / (_cpu_seconds() - start_cpu))
+      if hasattr(iterator, "close"):
+        iterator.close()
+
+  print(f"{'pipeline':38s} {'img/s':>6s} {'img/CPU-s':>9s}  img/s of each round")
+  for name, values in rates.items():
+    rounds = " ".join(f"{v:.0f}" for v in values)
+    print(f"{name:38s} {statistics.median(values):6.0f} "
+          f"{statistics.median(per_cpu_second[name]):9.0f}  {rounds}")
+
+
+def compare_cifar_sources(args: argparse.Namespace) -> None:
+  """The folder source against the memory source on the CIFAR JPEGs of args.cifar_dir."""
+  start = time.perf_counter()
+  decoded = memory.MemoryFolderSource(args.cifar_dir, "train")
+  print(f"{len(decoded)} images {decoded.images.shape[1:]} decoded into memory once in "
+        f"{time.perf_counter() - start:.1f} s; batch {args.batch}; {os.cpu_count()} cores")
+  candidates = {
+      f"folder, {threads} thread{'s' * (threads > 1)}": (
+          lambda threads=threads: cifar_iterator(args.cifar_dir, "folder", threads, args.batch))
+      for threads in (1, 2)
+  }
+  candidates.update({
+      f"memory, {threads} thread{'s' * (threads > 1)}": (
+          lambda threads=threads: cifar_iterator(args.cifar_dir, "memory", threads, args.batch))
+      for threads in (1, 2)
+  })
+  time_rounds(candidates, args)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--images", type=int, default=256, help="JPEGs to write")
@@ -166,7 +232,12 @@ def main() -> None:
   parser.add_argument("--warmup", type=int, default=8,
                       help="untimed batches per round, at least the prefetch buffers")
   parser.add_argument("--batches", type=int, default=8, help="batches timed per round")
+  parser.add_argument("--cifar-dir", default="",
+                      help="compare the folder and memory sources on these CIFAR JPEGs")
   args = parser.parse_args()
+  if args.cifar_dir:
+    compare_cifar_sources(args)
+    return
 
   with tempfile.TemporaryDirectory() as root:
     paths = write_images(root, args.images)
@@ -184,27 +255,7 @@ def main() -> None:
     if _tensorflow_importable():
       candidates["tf.data, 1 thread"] = lambda: tf_data_iterator(paths, 1, args.batch)
       candidates["tf.data, 2 threads"] = lambda: tf_data_iterator(paths, 2, args.batch)
-    rates = {name: [] for name in candidates}
-    per_cpu_second = {name: [] for name in candidates}
-    for _ in range(args.rounds):
-      for name, make_iterator in candidates.items():
-        iterator = make_iterator()
-        for _ in range(args.warmup):  # start-up, tracing, and drain every prefetch buffer
-          next(iterator)
-        start, start_cpu = time.perf_counter(), _cpu_seconds()
-        for _ in range(args.batches):
-          next(iterator)
-        images = args.batches * args.batch
-        rates[name].append(images / (time.perf_counter() - start))
-        per_cpu_second[name].append(images / (_cpu_seconds() - start_cpu))
-        if hasattr(iterator, "close"):
-          iterator.close()
-
-  print(f"{'pipeline':38s} {'img/s':>6s} {'img/CPU-s':>9s}  img/s of each round")
-  for name, values in rates.items():
-    rounds = " ".join(f"{v:.0f}" for v in values)
-    print(f"{name:38s} {statistics.median(values):6.0f} "
-          f"{statistics.median(per_cpu_second[name]):9.0f}  {rounds}")
+    time_rounds(candidates, args)
 
 
 if __name__ == "__main__":

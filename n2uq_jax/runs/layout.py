@@ -23,11 +23,12 @@ METRICS_FILE = 'metrics.jsonl'
 RUNTIME_FIELDS = (
     'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'async_checkpointing',
     'progress_bar', 'tensorboard', 'compilation_cache_dir', 'distributed', 'eval_every_steps',
-    'nonfinite_policy', 'mesh',
+    'nonfinite_policy', 'mesh', 'data.cache_dir',
 )
 """Fields that may change between a run and its resumption: they do not change the
-trained parameters (``mesh``: a run may resume on other devices, to float tolerance).
-Every other field must match the config stored in the workdir."""
+trained parameters (``mesh``: a run may resume on other devices, to float tolerance;
+dotted: a field of a sub-config). Every other field must match the config stored in the
+workdir."""
 
 
 def comparable(config) -> dict[str, Any]:
@@ -35,7 +36,8 @@ def comparable(config) -> dict[str, Any]:
   d = json.loads(config.to_json_best_effort()) if hasattr(config, 'to_json_best_effort') \
       else dict(config)
   for field in RUNTIME_FIELDS:
-    d.pop(field, None)
+    parent, _, leaf = field.rpartition('.')
+    (d.get(parent, {}) if parent else d).pop(leaf, None)
   return d
 
 

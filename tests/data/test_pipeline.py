@@ -185,7 +185,7 @@ def test_worker_processes_give_the_same_batches_and_resume(cifar_folder):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("source", "hdf5", r"source='hdf5' must be one of \('embedded', 'tfds', 'folder'\)"),
+        ("source", "hdf5", r"source='hdf5' must be one of \('embedded', 'tfds', 'folder', 'memory'\)"),
         ("name", "cifar", r"name='cifar' must be one of \('digits', 'mnist'\)"),
         ("transform", "randaugment", r"transform='randaugment' must be one of"),
         ("validation_fraction", 1.0, r"validation_fraction=1.0 must be a number in \[0, 1\)"),
