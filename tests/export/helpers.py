@@ -85,6 +85,21 @@ def check_codes_end_to_end(engine, codes, ref_codes, ref_inputs, what):
   return clean
 
 
+def onnx_run_codes(engine, images: np.ndarray, channels: int) -> dict[str, np.ndarray]:
+  """``model.onnx``'s graph with its code outputs (``onnx_graph.build_onnx(...,
+  code_outputs=True)``) run in onnxruntime: ``{layer: uint8 codes NHWC}`` plus
+  ``"logits"``."""
+  import onnxruntime as ort  # pylint: disable=g-import-not-at-top
+  from n2uq_jax.export import onnx_graph  # pylint: disable=g-import-not-at-top
+  proto = onnx_graph.build_onnx(engine.graph, in_channels=channels, code_outputs=True)
+  session = ort.InferenceSession(proto.SerializeToString(), providers=['CPUExecutionProvider'])
+  outputs = session.run(None, {'image': images})
+  result = {'logits': outputs[0]}
+  for output, codes in zip(session.get_outputs()[1:], outputs[1:]):
+    result[output.name.split(':', 1)[1]] = np.transpose(codes, (0, 2, 3, 1))
+  return result
+
+
 def run_qonnx(path: str, images: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """``(logits, {layer: codes NHWC})`` of ``model.qonnx.onnx`` on NHWC ``images``,
   one image at a time (the file's batch is 1) through qonnx's own executor; a
