@@ -37,6 +37,7 @@ import dataclasses
 import numpy as np
 
 from n2uq_jax.export import folding, packing
+from n2uq_jax.export.onnx_builder import OnnxBuilder, channel, conv_attrs
 from n2uq_jax.export.graph import Graph, Node, acc_scale
 
 OPSET = 14
@@ -45,11 +46,6 @@ lowest that opset needs."""
 
 _EXACT_FLOAT_LIMIT = 2 ** 24
 _WINDOW = 254  # largest threshold span a uint8 window holds (thresholds map into 1..255)
-
-
-def _channel(x: np.ndarray) -> np.ndarray:
-  """``(C,)`` -> ``(1, C, 1, 1)`` for broadcasting against NCHW."""
-  return np.asarray(x).reshape(1, -1, 1, 1)
 
 
 def _oihw(kernel: np.ndarray) -> np.ndarray:
@@ -75,33 +71,13 @@ class _Accumulator:
   shift: np.ndarray | None = None  # window: (C,) int64 bias
 
 
-class _Builder:
-  """Emits ONNX nodes and initializers."""
+class _Builder(OnnxBuilder):
+  """:class:`.OnnxBuilder` plus the integer parts of ``model.onnx``: codes widened to
+  float32 once, weights widened inside the graph, and code counting."""
 
   def __init__(self):
-    import onnx  # pylint: disable=g-import-not-at-top
-    from onnx import helper, numpy_helper  # pylint: disable=g-import-not-at-top
-    self.onnx, self.helper, self.numpy_helper = onnx, helper, numpy_helper
-    self.nodes, self.initializers = [], []
-    self._count = 0
+    super().__init__()
     self._float_codes: dict[str, str] = {}
-
-  def name(self, hint: str) -> str:
-    self._count += 1
-    return f'{hint}_{self._count}'
-
-  def const(self, value, hint: str) -> str:
-    name = self.name(hint)
-    self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
-    return name
-
-  def op(self, op_type: str, inputs, hint: str, **attrs) -> str:
-    out = self.name(hint)
-    self.nodes.append(self.helper.make_node(op_type, list(inputs), [out], **attrs))
-    return out
-
-  def cast(self, x: str, to: str, hint: str) -> str:
-    return self.op('Cast', [x], hint, to=getattr(self.onnx.TensorProto, to))
 
   def float_codes(self, codes: str) -> str:
     """The uint8 codes as float32 (one Cast per codes tensor, shared by its readers)."""
@@ -128,37 +104,21 @@ class _Builder:
     use_invert = invert is not None and np.any(invert)
     total = None
     for i in range(above.shape[-1]):
-      bit = self.op(greater, [x, self.const(_channel(above[:, i]), f'{hint}_t{i}')], hint)
+      bit = self.op(greater, [x, self.const(channel(above[:, i]), f'{hint}_t{i}')], hint)
       if use_below:
-        low = self.op(less, [x, self.const(_channel(below[:, i]), f'{hint}_b{i}')], hint)
+        low = self.op(less, [x, self.const(channel(below[:, i]), f'{hint}_b{i}')], hint)
         bit = self.op('Or', [bit, low], hint)
       if use_invert:
-        bit = self.op('Xor', [bit, self.const(_channel(invert[:, i]), f'{hint}_inv{i}')], hint)
+        bit = self.op('Xor', [bit, self.const(channel(invert[:, i]), f'{hint}_inv{i}')], hint)
       bit = self.cast(bit, 'UINT8', f'{hint}_bit')
       total = bit if total is None else self.op('Add', [total, bit], f'{hint}_codes')
     return total
-
-  def rprelu(self, x: str, bias_in, slope, bias_out, hint: str) -> str:
-    """``where(z > 0, z, slope z) + bias_out``, ``z = x + bias_in``, as
-    ``max(z, 0) + slope * min(z, 0)`` (the same float32 values; onnxruntime's PRelu and
-    Where are several times slower)."""
-    z = self.op('Add', [x, self.const(_channel(bias_in), f'{hint}_b1')], hint)
-    zero = self.const(np.float32(0), f'{hint}_zero')
-    negative = self.op('Mul', [self.op('Min', [z, zero], hint),
-                               self.const(_channel(slope), f'{hint}_slope')], hint)
-    y = self.op('Add', [self.op('Max', [z, zero], hint), negative], hint)
-    return self.op('Add', [y, self.const(_channel(bias_out), f'{hint}_b2')], hint)
 
 
 def _bn_affine(t: dict, ts: dict, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
   """``(mul, shift)`` float64 ``(C,)`` of an evaluation-mode BatchNorm."""
   mul = t[ts['scale']].astype(np.float64) / np.sqrt(t[ts['var']].astype(np.float64) + epsilon)
   return mul, t[ts['bias']].astype(np.float64) - t[ts['mean']].astype(np.float64) * mul
-
-
-def _conv_attrs(a: dict) -> dict:
-  (pt, pb), (pl, pr) = a['padding']
-  return dict(strides=a['strides'], pads=[pt, pl, pb, pr], group=a['groups'])
 
 
 class _Translator:
@@ -189,10 +149,13 @@ class _Translator:
       if id(node) in self.absorbed:
         continue
       hint = node.name.replace('.', '_') + '_' + node.op
-      if not hasattr(self, f'_{node.op}'):
-        raise ValueError(f'unknown op {node.op!r} in node {node.name!r}')
       absorbed_before = set(self.absorbed)
-      output = getattr(self, f'_{node.op}')(node, hint)
+      if hasattr(self, f'_{node.op}'):
+        output = getattr(self, f'_{node.op}')(node, hint)
+      else:
+        output = b.float_op(node, [self.values[v] for v in node.inputs], self.t, hint)
+        if output is None:
+          raise ValueError(f'unknown op {node.op!r} in node {node.name!r}')
       self.values[node.output] = output
       for key in set(self.absorbed) - absorbed_before:  # their values are this node's
         self.values[self.absorbed[key].output] = output
@@ -212,13 +175,13 @@ class _Translator:
       self.absorbed[id(bn)] = bn
     inputs = [self._x(node), self.b.const(_oihw(kernel.astype(np.float32)), f'{hint}_w'),
               self.b.const(bias.astype(np.float32), f'{hint}_b')]
-    return self.b.op('Conv', inputs, hint, **_conv_attrs(a))
+    return self.b.op('Conv', inputs, hint, **conv_attrs(a))
 
   def _batch_norm(self, node, hint):
     mul, shift = _bn_affine(self.t, node.tensors, node.attrs['epsilon'])
-    y = self.b.op('Mul', [self._x(node), self.b.const(_channel(mul.astype(np.float32)),
+    y = self.b.op('Mul', [self._x(node), self.b.const(channel(mul.astype(np.float32)),
                                                       f'{hint}_mul')], hint)
-    return self.b.op('Add', [y, self.b.const(_channel(shift.astype(np.float32)),
+    return self.b.op('Add', [y, self.b.const(channel(shift.astype(np.float32)),
                                              f'{hint}_shift')], hint)
 
   def _rprelu(self, node, hint):
@@ -228,31 +191,6 @@ class _Translator:
     ts = node.tensors
     return self.b.rprelu(self._x(node), *(self.t[ts[r]] for r in
                                           ('bias_in', 'slope', 'bias_out')), hint)
-
-  def _relu(self, node, hint):
-    return self.b.op('Relu', [self._x(node)], hint)
-
-  def _relu6(self, node, hint):
-    return self.b.op('Clip', [self._x(node), self.b.const(np.float32(0), 'zero'),
-                              self.b.const(np.float32(6), 'six')], hint)
-
-  def _max_pool(self, node, hint):
-    return self.b.op('MaxPool', [self._x(node)], hint, kernel_shape=[3, 3], strides=[2, 2],
-                     pads=[1, 1, 1, 1])
-
-  def _global_avg_pool(self, node, hint):
-    return self.b.op('Flatten', [self.b.op('GlobalAveragePool', [self._x(node)], hint)], hint)
-
-  def _add(self, node, hint):
-    return self.b.op('Add', [self._x(node), self._x(node, 1)], hint)
-
-  def _dense(self, node, hint):
-    ts = node.tensors
-    y = self.b.op('MatMul', [self._x(node), self.b.const(self.t[ts['kernel']], f'{hint}_w')],
-                  hint)
-    if 'bias' in ts:
-      y = self.b.op('Add', [y, self.b.const(self.t[ts['bias']], f'{hint}_b')], hint)
-    return y
 
   def _quantize(self, node, hint):
     """Codes of a quantizer on the float stream, as exact float32 intervals on the
@@ -297,13 +235,13 @@ class _Translator:
                                    scale, hint)
     return self.b.op('Conv', [self.b.float_codes(self._x(node)), weights,
                               self.b.const(shift.astype(np.float32), f'{hint}_b')], hint,
-                     **_conv_attrs(node.attrs))
+                     **conv_attrs(node.attrs))
 
   def _qconv_for_threshold(self, node, threshold, odd, hint):
     ts = threshold.tensors
     direction = self.t[ts['direction']].astype(np.int64)
     lo = self.t[ts['int_thresholds']].astype(np.int64)
-    codes, attrs = self._x(node), _conv_attrs(node.attrs)
+    codes, attrs = self._x(node), conv_attrs(node.attrs)
     one_sided = np.all(np.abs(direction) == 1)
     span_ok = np.all(np.abs(lo) < folding.INT32_LIMIT) and np.all(
         lo.max(axis=1) - lo.min(axis=1) <= _WINDOW)

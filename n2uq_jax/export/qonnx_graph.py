@@ -31,6 +31,7 @@ import numpy as np
 from n2uq_jax.export import folding, packing
 from n2uq_jax.export.graph import Graph, Node, acc_scale
 from n2uq_jax.export.engine import odd_weights
+from n2uq_jax.export.onnx_builder import OnnxBuilder, channel, conv_attrs
 
 QONNX_DOMAIN = 'qonnx.custom_op.general'
 OPSET = 13
@@ -39,11 +40,6 @@ LAYOUTS = ('NCHW', 'NHWC')
 EXACT_FLOAT_LIMIT = 2 ** 24
 """Integers of magnitude below this are exact in float32, and so is every sum of them
 that stays below it."""
-
-
-def _channel(x: np.ndarray) -> np.ndarray:
-  """``(C,)`` -> ``(1, C, 1, 1)`` for broadcasting against NCHW."""
-  return np.asarray(x).reshape(1, -1, 1, 1)
 
 
 def float_thresholds(thresholds: np.ndarray, channels: int) -> np.ndarray:
@@ -85,37 +81,8 @@ def folded_multithresholds(direction: np.ndarray, lo: np.ndarray, hi: np.ndarray
           offset)
 
 
-class _Builder:
-  """Accumulates nodes, initializers and datatype annotations."""
-
-  def __init__(self):
-    import onnx  # pylint: disable=g-import-not-at-top
-    from onnx import helper, numpy_helper  # pylint: disable=g-import-not-at-top
-    self.onnx, self.helper, self.numpy_helper = onnx, helper, numpy_helper
-    self.nodes, self.initializers, self.datatypes = [], [], {}
-    self._count = 0
-
-  def name(self, hint: str) -> str:
-    self._count += 1
-    return f'{hint}_{self._count}'
-
-  def const(self, value, hint: str, datatype: str | None = None) -> str:
-    name = self.name(hint)
-    self.initializers.append(self.numpy_helper.from_array(np.ascontiguousarray(value), name))
-    if datatype:
-      self.datatypes[name] = datatype
-    return name
-
-  def op(self, op_type: str, inputs, hint: str, *, output: str | None = None,
-         datatype: str | None = None, domain: str | None = None, **attrs) -> str:
-    out = output or self.name(hint)
-    node = self.helper.make_node(op_type, list(inputs), [out], **attrs)
-    if domain:
-      node.domain = domain
-    self.nodes.append(node)
-    if datatype:
-      self.datatypes[out] = datatype
-    return out
+class _Builder(OnnxBuilder):
+  """:class:`.OnnxBuilder` plus ``MultiThreshold`` and the engine's BatchNorm."""
 
   def multithreshold(self, x: str, thresholds: np.ndarray, bits: int, hint: str, *,
                      output: str | None = None) -> str:
@@ -125,17 +92,12 @@ class _Builder:
                    domain=QONNX_DOMAIN, out_dtype=f'UINT{bits}', data_layout='NCHW')
 
   def batch_norm(self, x, t, ts, epsilon, hint):
+    """``(x - mean) * (scale / sqrt(var + eps)) + bias`` in float32, the integer
+    engine's order of operations."""
     mul = (np.float32(1) / np.sqrt(t[ts['var']] + np.float32(epsilon))) * t[ts['scale']]
-    y = self.op('Sub', [x, self.const(_channel(t[ts['mean']]), f'{hint}_mean')], hint)
-    y = self.op('Mul', [y, self.const(_channel(mul.astype(np.float32)), f'{hint}_mul')], hint)
-    return self.op('Add', [y, self.const(_channel(t[ts['bias']]), f'{hint}_bias')], hint)
-
-  def rprelu(self, x, t, ts, hint):
-    z = self.op('Add', [x, self.const(_channel(t[ts['bias_in']]), f'{hint}_b1')], hint)
-    neg = self.op('Mul', [z, self.const(_channel(t[ts['slope']]), f'{hint}_slope')], hint)
-    pos = self.op('Greater', [z, self.const(np.float32(0), f'{hint}_zero')], hint)
-    y = self.op('Where', [pos, z, neg], hint)
-    return self.op('Add', [y, self.const(_channel(t[ts['bias_out']]), f'{hint}_b2')], hint)
+    y = self.op('Sub', [x, self.const(channel(t[ts['mean']]), f'{hint}_mean')], hint)
+    y = self.op('Mul', [y, self.const(channel(mul.astype(np.float32)), f'{hint}_mul')], hint)
+    return self.op('Add', [y, self.const(channel(t[ts['bias']]), f'{hint}_bias')], hint)
 
 
 def _integer_conv_weights(graph: Graph, node: Node, sign: np.ndarray | None) -> np.ndarray:
@@ -202,31 +164,17 @@ def build_qonnx(graph: Graph, *, in_channels: int, image_size: int, layout: str 
     x = values[node.inputs[0]]
     c = channels[node.inputs[0]]
     a, ts, hint = node.attrs, node.tensors, node.name.replace('.', '_') + '_' + node.op
-    pads = [a['padding'][0][0], a['padding'][1][0], a['padding'][0][1],
-            a['padding'][1][1]] if 'padding' in a else None
     if node.op == 'conv':
       w = b.const(np.transpose(t[ts['kernel']], (3, 2, 0, 1)), f'{hint}_w')
       inputs = [x, w] + ([b.const(t[ts['bias']], f'{hint}_b')] if 'bias' in ts else [])
-      y = b.op('Conv', inputs, hint, strides=a['strides'], pads=pads, group=a['groups'])
+      y = b.op('Conv', inputs, hint, **conv_attrs(a))
       c = a['kernel_shape'][-1]
     elif node.op == 'batch_norm':
       y = b.batch_norm(x, t, ts, a['epsilon'], hint)
     elif node.op == 'rprelu':
-      y = b.rprelu(x, t, ts, hint)
-    elif node.op == 'relu':
-      y = b.op('Relu', [x], hint)
-    elif node.op == 'relu6':
-      y = b.op('Clip', [x, b.const(np.float32(0), 'zero'), b.const(np.float32(6), 'six')], hint)
-    elif node.op == 'max_pool':
-      y = b.op('MaxPool', [x], hint, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    elif node.op == 'global_avg_pool':
-      y = b.op('Flatten', [b.op('GlobalAveragePool', [x], hint)], hint)
-    elif node.op == 'add':
-      y = b.op('Add', [x, values[node.inputs[1]]], hint)
+      y = b.rprelu(x, *(t[ts[r]] for r in ('bias_in', 'slope', 'bias_out')), hint)
     elif node.op == 'dense':
-      y = b.op('MatMul', [x, b.const(t[ts['kernel']], f'{hint}_w')], hint)
-      if 'bias' in ts:
-        y = b.op('Add', [y, b.const(t[ts['bias']], f'{hint}_b')], hint)
+      y = b.float_op(node, [x], t, hint)
       c = t[ts['kernel']].shape[-1]
     elif node.op == 'quantize':
       u = b.op('Mul', [x, b.const(t[ts['input_scale']], f'{hint}_scale')], hint)
@@ -236,11 +184,10 @@ def build_qonnx(graph: Graph, *, in_channels: int, image_size: int, layout: str 
       plan = plans.get(node.output)
       w = _integer_conv_weights(graph, node, plan[0] if plan else None)
       w = b.const(w, f'{hint}_w', datatype=f'INT{a["weight_bits"] + 1}')
-      y = b.op('Conv', [x, w], hint, datatype='INT32', strides=a['strides'], pads=pads,
-               group=a['groups'])
+      y = b.op('Conv', [x, w], hint, datatype='INT32', **conv_attrs(a))
       c = a['kernel_shape'][-1]
     elif node.op == 'dequantize':
-      y = b.op('Mul', [x, b.const(_channel(acc_scale(t, node)), f'{hint}_scale')], hint)
+      y = b.op('Mul', [x, b.const(channel(acc_scale(t, node)), f'{hint}_scale')], hint)
     elif node.op == 'threshold':
       _, t_add, t_sub, offset = plans[node.inputs[0]]
       name = f'{node.name}.codes'
@@ -249,10 +196,12 @@ def build_qonnx(graph: Graph, *, in_channels: int, image_size: int, layout: str 
       else:
         count = b.op('Sub', [b.multithreshold(x, t_add, a['bits'], f'{hint}_add'),
                              b.multithreshold(x, t_sub, a['bits'], f'{hint}_sub')], hint)
-        y = b.op('Add', [count, b.const(_channel(offset.astype(np.float32)), f'{hint}_offset')],
+        y = b.op('Add', [count, b.const(channel(offset.astype(np.float32)), f'{hint}_offset')],
                  hint, output=name, datatype=f'UINT{a["bits"]}')
     else:
-      raise ValueError(f'unknown op {node.op!r} in node {node.name!r}')
+      y = b.float_op(node, [values[v] for v in node.inputs], t, hint)
+      if y is None:
+        raise ValueError(f'unknown op {node.op!r} in node {node.name!r}')
     values[node.output] = y
     channels[node.output] = c
   b.nodes.append(b.helper.make_node('Identity', [values[graph.output]], ['logits']))
