@@ -153,9 +153,20 @@ def _order(key: tuple[str, float]) -> tuple[int, float]:
   return (methods.index(key[0]) if key[0] in methods else len(methods), key[1])
 
 
+def learns_quantizers(method: str) -> bool:
+  """Whether the method's activation or weight quantizer has learned parameters (for
+  the others, such as the fixed uniform control and DoReFa, the quantizer learning rate
+  moves nothing)."""
+  from n2uq_jax.quant import families  # pylint: disable=g-import-not-at-top
+  activation, weight = families.METHODS[method]
+  return bool(families.activation_family(activation).param_names or
+              families.WEIGHT_FAMILIES[weight].param_names)
+
+
 def label(key: tuple[str, float]) -> str:
   method, multiplier = key
-  return f'{METHOD_NAMES.get(method, method)}, quantizer lr x {multiplier:g}'
+  name = METHOD_NAMES.get(method, method)
+  return f'{name}, quantizer lr x {multiplier:g}' if learns_quantizers(method) else name
 
 
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float, float]:
@@ -283,8 +294,11 @@ def drift_table(grid, *, every_layer: bool = False) -> list[str]:
     if not done:
       continue
     steps = {run_row(d)['total_steps'] for d in done.values()}
-    budgets = {round(drift_budget(d, run_row(d)['total_steps']), 12) for d in done.values()}
-    budget = ', '.join(f'{b:.4g}' for b in sorted(budgets))
+    if learns_quantizers(key[0]):
+      budgets = {round(drift_budget(d, run_row(d)['total_steps']), 12) for d in done.values()}
+      budget = ', '.join(f'{b:.4g}' for b in sorted(budgets))
+    else:
+      budget = 'none (nothing learned)'
     moved = ({s: threshold_movement(d) for s, d in done.items()}
              if key[0] in LEARNED_THRESHOLDS else {})
     if moved:

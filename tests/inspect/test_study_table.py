@@ -128,9 +128,12 @@ def test_drift_budget_is_the_sum_of_the_quantizer_schedule(grid, study_table, re
                      lr0 * 0.5 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup))))
     expected = (multiplier or 0.1) * rates.sum()
     assert study_table.drift_budget(str(variant_dir), total) == pytest.approx(expected, rel=1e-6)
-    row = _row(_section(report, 'Drift budget'),
-               study_table.label(('n2uq', 1.0) if multiplier else ('uniform', 0.1)))
-    assert row[1:3] == [str(total), f'{expected:.4g}']
+    if multiplier:
+      row = _row(_section(report, 'Drift budget'), study_table.label(('n2uq', 1.0)))
+      assert row[1:3] == [str(total), f'{expected:.4g}']
+    else:  # the fixed control learns no quantizer parameter: no budget, no multiplier
+      row = _row(_section(report, 'Drift budget'), 'fixed uniform [0, 2] + N2UQ weights')
+      assert row[1:3] == [str(total), 'none (nothing learned)']
 
 
 def test_threshold_movement_matches_the_logged_thresholds(grid, study_table):
