@@ -160,7 +160,7 @@ def learns_quantizers(method: str) -> bool:
   from n2uq_jax.quant import families  # pylint: disable=g-import-not-at-top
   activation, weight = families.METHODS[method]
   return bool(families.activation_family(activation).param_names or
-              families.WEIGHT_FAMILIES[weight].param_names)
+              families.weight_family(weight).param_names)
 
 
 def label(key: tuple[str, float]) -> str:
