@@ -14,6 +14,7 @@ from n2uq_jax.data.config import default_config
 from n2uq_jax.data.config import validate as validate_config
 from n2uq_jax.data.pipeline import Pipeline
 from n2uq_jax.data.pipeline import create_pipeline
+from n2uq_jax.data.pipeline import release_worker_batches
 from n2uq_jax.data.tfds_source import DatasetNotPreparedError
 from n2uq_jax.data.transforms import IMAGENET_MEAN
 from n2uq_jax.data.transforms import IMAGENET_STD
@@ -25,5 +26,6 @@ __all__ = [
     "Pipeline",
     "create_pipeline",
     "default_config",
+    "release_worker_batches",
     "validate_config",
 ]

@@ -66,13 +66,19 @@ class _NameBadImages:
 
 
 class _NormalizeImages:
-  """Batch map: uint8 "image" [B, H, W, C] -> normalised float32; other keys unchanged."""
+  """Batch map: uint8 "image" [B, H, W, C] -> normalised float32; other keys copied.
+
+  The copies hold the same values in process-local memory: a batch from worker processes
+  arrives in shared memory, which is then freed here, while the user still holds the
+  batch (say, the last one of an evaluation pass when the pass frees the rest).
+  """
 
   def __init__(self, normalize: transforms.Normalize):
     self.normalize = normalize
 
   def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {**batch, "image": self.normalize(batch["image"])}
+    return {key: self.normalize(value) if key == "image" else np.array(value)
+            for key, value in batch.items()}
 
 
 class _PaddedEvalExample:
@@ -249,12 +255,27 @@ class Pipeline:
     finally:
       iterator.close()
       if self._multiprocessing.num_workers > 0:
-        # Batches from worker processes live in shared memory, freed when their arrays
-        # are. After the last batch, grain keeps some of them in a reference cycle (the
-        # end-of-data exception's traceback), which only the cycle collector frees;
-        # without it they stay allocated until exit, where the resource tracker reports
-        # them as leaked.
-        gc.collect()
+        release_worker_batches()
+
+
+def release_worker_batches() -> None:
+  """Frees, before returning, the shared memory of worker batches no longer referenced.
+
+  Batches from grain's worker processes live in shared memory, freed when their arrays
+  are deleted. Two things delay that past the end of a pass: after the last batch grain
+  keeps some arrays in a reference cycle (the end-of-data exception's traceback), which
+  only the cycle collector frees; and grain unlinks freed arrays on a background thread
+  (`SharedMemoryArray.enable_async_del`). A process that exits before either has run
+  leaves the segments to the resource tracker, which reports them as leaked. Call it
+  after closing an iterator that used workers; without workers it costs one collection.
+  """
+  gc.collect()
+  # grain 0.2.18 exposes no public way to wait for its deletion thread; its pool has one
+  # thread that takes requests in order, so a no-op run through it returns once every
+  # earlier deletion is done.
+  deletion_pool = getattr(grain.multiprocessing.SharedMemoryArray, "_del_thread_pool", None)
+  if deletion_pool is not None:
+    deletion_pool.apply(int)
 
 
 def _check_native_size(train_source: source_lib.ImageSource, config: Any) -> None:

@@ -351,8 +351,7 @@ class Session:
     if self.bar is not None:
       self.bar.close()
     self.ckpt.close()
-    if hasattr(self.iterator, 'close'):
-      self.iterator.close()
+    setup_lib.close_iterator(self.iterator)
 
 
 def _total_steps(config, steps_per_epoch: int) -> int:

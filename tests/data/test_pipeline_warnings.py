@@ -1,13 +1,15 @@
 """Image-folder pipelines run quietly: with more reading threads than prefetched batches
 (the ImageNet configs read with 16 threads and prefetch 2) grain's read buffer is sized
 to its threads, so grain does not warn that the buffer limits them; and an evaluation
-pass with worker processes frees the shared memory of its batches, so nothing is
-reported leaked at exit."""
+pass or a closed training iterator with worker processes frees the shared memory of its
+batches before it returns, so nothing is reported leaked at exit."""
 
 import logging
 import os
 import subprocess
 import sys
+
+import pytest
 
 from n2uq_jax import data
 
@@ -25,23 +27,46 @@ def test_more_read_threads_than_prefetched_batches_is_quiet(cifar_folder, caplog
               if 'is smaller than num_threads' in r.getMessage()]
 
 
-_EVAL_PASS = """
-from n2uq_jax import data
-config = data.default_config()
-config.update(source='folder', name='cifar10', data_dir={data_dir!r}, validation_fraction=0.5,
-              image_size=32, transform='cifar', worker_count=2,
-              mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7))
-pipeline = data.create_pipeline(config, per_host_batch_size=8, seed=0)
-print('batches', sum(1 for _ in pipeline.eval_batches()))
+# The parent process of each run slows grain's shared-memory deletion thread to 0.2 s
+# per array, so a pass that returns before that thread has drained leaks every time,
+# not only when the machine is loaded.
+_WORKER_PASSES = """
+import time
+from grain._src.python.ipc import shared_memory_array
+
+def slow_close(cls, shm, unlink, _close=shared_memory_array.SharedMemoryArray.close_shm_async):
+  time.sleep(0.2)
+  _close(shm, unlink)
+
+def main():
+  shared_memory_array.SharedMemoryArray.close_shm_async = classmethod(slow_close)
+  from n2uq_jax import data
+  from n2uq_jax.train import setup
+  config = data.default_config()
+  config.update(source='folder', name='cifar10', data_dir={data_dir!r},
+                validation_fraction=0.5, image_size=32, transform='cifar', worker_count=2,
+                mean=(125.3, 123.0, 113.9), std=(63.0, 62.1, 66.7))
+  pipeline = data.create_pipeline(config, per_host_batch_size=8, seed=0)
+  if {train!r}:
+    iterator = pipeline.train_iterator()
+    print('batches', sum(1 for _, _ in zip(range(4), iterator)))
+    setup.close_iterator(iterator)
+  else:
+    print('batches', sum(1 for _ in pipeline.eval_batches()))
+
+if __name__ == '__main__':  # worker processes are spawned: they import this module
+  main()
 """
 
 
-def test_an_evaluation_pass_with_workers_leaks_no_shared_memory(cifar_folder):
+@pytest.mark.parametrize('train,batches', [(False, 8), (True, 4)], ids=['eval', 'train'])
+def test_a_pass_with_workers_leaks_no_shared_memory(cifar_folder, tmp_path, train, batches):
+  script = tmp_path / 'worker_pass.py'
+  script.write_text(_WORKER_PASSES.format(data_dir=cifar_folder, train=train))
   root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  result = subprocess.run([sys.executable, '-c', _EVAL_PASS.format(data_dir=cifar_folder)],
-                          cwd=root, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, str(script)], cwd=root, capture_output=True,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root),
+                          text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  assert result.stdout.split() == ['batches', '8']  # 60 held-out images, padded
+  assert result.stdout.split() == ['batches', str(batches)]  # eval: 60 images, padded
   assert 'leaked shared_memory' not in result.stderr, result.stderr[-3000:]
-
