@@ -87,8 +87,9 @@ def _reference_weight(w, bits):
   levels = 2 ** bits - 1
   gamma = (2 ** bits - 1) / 2 ** (bits - 1)
   axes = tuple(range(wf.ndim - 1))
-  with np.errstate(invalid='ignore'):  # a channel with no weights: mean NaN, as in JAX
-    sigma = gamma * np.mean(np.abs(wf), axis=axes, keepdims=True)
+  count = np.prod([wf.shape[axis] for axis in axes])
+  with np.errstate(invalid='ignore'):  # a channel with no weights: 0 / 0, NaN as in JAX
+    sigma = gamma * np.sum(np.abs(wf), axis=axes, keepdims=True) / count
   safe = np.where(sigma > 0, sigma, 1.0)
   position = (np.clip(wf / safe, -1, 1) + 1) * (levels / 2)
   distance = np.abs(np.abs(position - np.floor(position) - 0.5)) / np.maximum(1.0, position)
