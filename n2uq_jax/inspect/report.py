@@ -84,6 +84,71 @@ def _activation_name(layer) -> str:
   return 'none' if quantizer is None else levels_lib.activation_family(quantizer)
 
 
+@dataclasses.dataclass
+class _LayerReport:
+  """Per layer, in forward order: the summary rows and what the figures draw."""
+  rows: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  activation_occupancy: list[figures.OccupancyRow] = dataclasses.field(default_factory=list)
+  weight_occupancy: list[figures.OccupancyRow] = dataclasses.field(default_factory=list)
+  threshold_panels: list[figures.ThresholdPanel] = dataclasses.field(default_factory=list)
+
+
+def _check_arguments(num_batches, samples, batch_size) -> None:
+  for name, value, low in (('num_batches', num_batches, 1), ('samples', samples, 1)):
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f'{name}={value!r} must be an integer >= {low}')
+  if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    raise ValueError(f'batch_size={batch_size!r} must be an integer >= 1 (or None)')
+
+
+def _report_layers(costs, layer_modules, records, layers: Sequence[str]) -> _LayerReport:
+  """Rows, occupancies and threshold panels of every layer in ``costs``; only layers
+  matching a ``layers`` pattern (all when empty) get a threshold panel."""
+  report = _LayerReport()
+  for layer in costs:
+    module = layer_modules[layer.name]
+    row = dataclasses.asdict(layer)
+    row['activation_quantizer'] = _activation_name(module)
+    if layer.name in records:
+      record = records[layer.name]
+      occupancy, entropy = _occupancy(record['counts'])
+      row['activation_occupancy'], row['activation_entropy_bits'] = occupancy, entropy
+      row['thresholds'] = [float(t) for t in record['thresholds']]
+      report.activation_occupancy.append(figures.OccupancyRow(
+          layer.name, layer.activation_bits, np.asarray(occupancy), entropy))
+      if not layers or any(fnmatch.fnmatchcase(layer.name, p) for p in layers):
+        initial = levels_lib.initial_thresholds(module.input_quantizer)
+        report.threshold_panels.append(figures.ThresholdPanel(
+            layer.name, row['activation_quantizer'], layer.activation_bits,
+            record['samples'], record['thresholds'],
+            None if initial is None else np.asarray(initial)))
+    codes = levels_lib.weight_levels(module.weight_quantizer, module.kernel[...])
+    if codes is not None:
+      counts = levels_lib.level_counts(jax.device_get(codes), 2 ** layer.weight_bits)
+      occupancy, entropy = _occupancy(counts)
+      row['weight_occupancy'], row['weight_entropy_bits'] = occupancy, entropy
+      report.weight_occupancy.append(figures.OccupancyRow(
+          layer.name, layer.weight_bits, np.asarray(occupancy), entropy))
+    report.rows.append(row)
+  return report
+
+
+def _draw_figures(report: _LayerReport, metric_records, out_dir: str, *, loss: str) -> list[str]:
+  """Writes the figures that have something to draw; returns their file names."""
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  if report.threshold_panels:
+    figures.draw_thresholds(report.threshold_panels, os.path.join(out_dir, 'thresholds.png'))
+    written.append('thresholds.png')
+  if report.activation_occupancy or report.weight_occupancy:
+    figures.draw_occupancy(report.activation_occupancy, report.weight_occupancy,
+                           os.path.join(out_dir, 'occupancy.png'))
+    written.append('occupancy.png')
+  if figures.draw_curves(metric_records, os.path.join(out_dir, 'curves.png'), loss=loss):
+    written.append('curves.png')
+  return written
+
+
 def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batches: int = 4,
                 batch_size: int | None = None, samples: int = 8192,
                 data_dir: str | None = None, layers: Sequence[str] = (),
@@ -109,11 +174,7 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
   Raises:
     ValueError: a bad argument, a directory that is not a run, or no checkpoint.
   """
-  for name, value, low in (('num_batches', num_batches, 1), ('samples', samples, 1)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise ValueError(f'{name}={value!r} must be an integer >= {low}')
-  if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-    raise ValueError(f'batch_size={batch_size!r} must be an integer >= 1 (or None)')
+  _check_arguments(num_batches, samples, batch_size)
   restored = restore_lib.restore_run(run_dir, step=checkpoints_lib.BEST if step is None else step)
   model, config = restored.model, restored.config
   variant, = model_lib.variants(config)
@@ -121,55 +182,19 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
   pipeline = _pipeline(config, batch_size=batch_size, data_dir=data_dir)
   records, shapes, images = _capture(model, pipeline, num_batches=num_batches,
                                      samples=samples, seed=seed)
-  layer_modules = capture_lib.quantized_layers(model)
   unmatched = [p for p in layers if not any(fnmatch.fnmatchcase(n, p) for n in records)]
   if unmatched:
     raise ValueError(f'layer patterns {unmatched} match no quantized layer; the quantized '
                      f'layers are {sorted(records)}')
 
-  # In the order the forward pass runs them.
-  costs = [cost_lib.layer_cost(name, layer_modules[name], shape)
+  layer_modules = capture_lib.quantized_layers(model)
+  costs = [cost_lib.layer_cost(name, layer_modules[name], shape)  # in forward order
            for name, shape in shapes.items()]
   size = cost_lib.model_size(model, costs)
-  layer_rows = []
-  activation_rows, weight_rows, panels = [], [], []
-  for layer in costs:
-    module = layer_modules[layer.name]
-    row = dataclasses.asdict(layer)
-    row['activation_quantizer'] = _activation_name(module)
-    if layer.name in records:
-      occupancy, entropy = _occupancy(records[layer.name]['counts'])
-      row['activation_occupancy'], row['activation_entropy_bits'] = occupancy, entropy
-      row['thresholds'] = [float(t) for t in records[layer.name]['thresholds']]
-      activation_rows.append(figures.OccupancyRow(layer.name, layer.activation_bits,
-                                                  np.asarray(occupancy), entropy))
-      if not layers or any(fnmatch.fnmatchcase(layer.name, p) for p in layers):
-        initial = levels_lib.initial_thresholds(module.input_quantizer)
-        panels.append(figures.ThresholdPanel(
-            layer.name, row['activation_quantizer'], layer.activation_bits,
-            records[layer.name]['samples'], records[layer.name]['thresholds'],
-            None if initial is None else np.asarray(initial)))
-    codes = levels_lib.weight_levels(module.weight_quantizer, module.kernel[...])
-    if codes is not None:
-      counts = levels_lib.level_counts(jax.device_get(codes), 2 ** layer.weight_bits)
-      occupancy, entropy = _occupancy(counts)
-      row['weight_occupancy'], row['weight_entropy_bits'] = occupancy, entropy
-      weight_rows.append(figures.OccupancyRow(layer.name, layer.weight_bits,
-                                              np.asarray(occupancy), entropy))
-    layer_rows.append(row)
-
-  os.makedirs(out_dir, exist_ok=True)
-  written = []
-  if panels:
-    figures.draw_thresholds(panels, os.path.join(out_dir, 'thresholds.png'))
-    written.append('thresholds.png')
-  if activation_rows or weight_rows:
-    figures.draw_occupancy(activation_rows, weight_rows, os.path.join(out_dir, 'occupancy.png'))
-    written.append('occupancy.png')
+  report = _report_layers(costs, layer_modules, records, layers)
   metrics_path = os.path.join(run_dir, layout.METRICS_FILE)
   metric_records = layout.read_metrics(run_dir) if os.path.isfile(metrics_path) else []
-  if figures.draw_curves(metric_records, os.path.join(out_dir, 'curves.png'), loss=config.loss):
-    written.append('curves.png')
+  written = _draw_figures(report, metric_records, out_dir, loss=config.loss)
 
   manager_dir = os.path.dirname(os.path.dirname(restored.checkpoint_dir))
   summary = {
@@ -180,7 +205,7 @@ def inspect_run(run_dir: str, out_dir: str, *, step: int | None = None, num_batc
       'method': None if variant.is_full_precision else config.method,
       'input_shape': list(pipeline.image_shape),
       'images_inspected': images,
-      'layers': layer_rows,
+      'layers': report.rows,
       'total_macs': sum(layer.macs for layer in costs),
       'total_bops': sum(layer.bops for layer in costs),
       'float_bops': sum(layer.macs for layer in costs) * cost_lib.FLOAT_BITS ** 2,
