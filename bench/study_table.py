@@ -234,8 +234,11 @@ def runs_table(fp: str | None, grid) -> list[str]:
     final = (_pct(row['final']) if row['final'] is not None else
              f"not finished (step {row['step']})")
     best = f"{_pct(row['best'])} ({row['best_at']})" if row['best_at'] else ''
-    lines.append(f"| {name} | {seed} | {row['length']} | {final} | {best} | "
-                 f"{row['train_seconds']:,.0f} s |")
+    # Only a session that ends writes its time (a killed one does not), so an unfinished
+    # run shows the time of its stopped sessions, if any.
+    time = (f"{row['train_seconds']:,.0f} s" if row['final'] is not None else
+            f"{row['train_seconds']:,.0f} s in stopped sessions" if row['train_seconds'] else '-')
+    lines.append(f"| {name} | {seed} | {row['length']} | {final} | {best} | {time} |")
   return lines
 
 

@@ -178,6 +178,7 @@ def test_unfinished_run_is_flagged_and_left_out(grid, tmp_path, study_table):
   runs = [line for line in _section(report, 'Runs').splitlines()
           if line.startswith(f'| {label} | 1 |')]
   assert len(runs) == 1 and 'not finished (step 2)' in runs[0]
+  assert runs[0].endswith(f"| {records[-1]['train_seconds']:,.0f} s in stopped sessions |")
   assert _row(_section(report, 'Final held-out top-1'), label)[1] == '1'  # seeds
   assert _row(_section(report, 'Paired difference'), 'quantizer lr x 1')[1] == '1'
 
