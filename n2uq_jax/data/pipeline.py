@@ -224,7 +224,8 @@ class Pipeline:
     `get_state()`, on an iterator built from the same config, seed, batch size, host
     layout and worker_count. With orbax, save and restore it as
     `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`
-    (one file per process). Call `it.close()` to stop worker processes early.
+    (one file per process). Call `it.close()` to stop worker processes early, then
+    `release_worker_batches()` to free their batches' shared memory before the process exits.
     """
     return self._iterate(self.train_dataset(num_epochs))
 
